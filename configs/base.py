@@ -1,0 +1,147 @@
+"""Shared base configuration of every spatialsep-jax experiment.
+
+Each study configuration (`configs/mono.py`, `configs/ild_ipd.py`, ...) calls
+`base.get_base_config(variant)` and overrides the few fields that define it.
+Variants (the part after `:` on the command line):
+
+  ``""`` (default)  the CPU-sized default run on the embedded eSpeak corpus;
+  ``smoke``         a few training steps on a tiny render, seconds on CPU (tests, CI);
+  ``gpu``           the accelerator-sized run (batch 16, bf16, longer schedule).
+
+The channel layout of the head-worn cochlear-implant array is fixed by
+`data_pipeline.array.CHANNEL_NAMES`: per ear a behind-the-ear front and back
+microphone and a T-mic at the ear-canal entrance.
+"""
+
+import ml_collections
+
+# Kept here (and mirrored in data_pipeline.array) so configs import nothing heavy.
+CHANNEL_NAMES = ("L_front", "L_back", "L_tmic", "R_front", "R_back", "R_tmic")
+
+
+def get_base_config(variant: str = "") -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.name = "base"
+  config.seed = 42
+
+  # ---------------------------------------------------------------- data
+  data = config.data = ml_collections.ConfigDict()
+  data.corpus = "espeak"              # "espeak" (embedded) or a folder of wav/flac
+  data.corpus_layout = "auto"         # auto | librispeech | vctk | wsj0 | flat
+  data.sample_rate = 8000
+  data.segment_seconds = 4.0
+  data.num_sources = 2
+  data.array = "ci_bilateral"         # 6 channels, see CHANNEL_NAMES
+  data.input_channels = ("L_tmic",)   # what the model sees, in this order
+  data.reference_mic = "L_tmic"       # where training targets are taken
+  data.target = "direct"              # direct (anechoic head-filtered) | reverberant
+  data.scene = "simulated"            # simulated (pyroomacoustics) | measured
+  data.measured_dir = ""              # BRIR folder or .sofa file when scene=measured
+  data.room_size_min = (3.0, 3.0, 2.4)
+  data.room_size_max = (10.0, 8.0, 4.0)
+  data.rt60_range = (0.2, 0.8)
+  data.azimuth_step_deg = 15.0        # talker azimuth grid over the full circle
+  data.distance_range = (1.0, 2.0)
+  data.tir_db_range = (-5.0, 5.0)     # target-to-interferer ratio
+  data.noise = "none"                 # none | diffuse | a folder of noise files
+  data.snr_db_range = (0.0, 15.0)
+  data.rir_length_seconds = 1.0       # as the study: BRIRs truncated/padded to 1 s
+  data.num_rooms = 64                 # RIR bank: rooms x azimuths x distances
+  data.num_examples = ml_collections.ConfigDict(dict(train=2000, val=200, test=200))
+  data.examples_per_shard = 200
+  data.store_images = False           # per-talker multichannel images (dynamic mixing)
+  data.shards_dir = ""                # default: ./data/<dataset hash>
+  data.cache_dir = ""                 # corpus/RIR caches; default ./.cache
+  data.loader = "auto"                # auto | tfdata | grain
+  data.dynamic_mixing = False
+  data.prefetch = 2
+  data.espeak = ml_collections.ConfigDict(
+      dict(num_speakers=40, utterances_per_speaker=12, split_speakers=(30, 5, 5)))
+  data.speaker_split = (0.8, 0.1, 0.1)  # folder corpora: speaker-disjoint fractions
+
+  # ---------------------------------------------------------------- model
+  model = config.model = ml_collections.ConfigDict()
+  model.name = "sudormrf"
+  model.features = ()                 # subset of ("ipd", "ild")
+  model.feature_pair = (0, 1)         # indices into data.input_channels
+  model.fusion = "concat"             # concat | attention ("AF" variants)
+  model.n_fft = 512
+  model.ild_clip_db = 30.0
+  model.enc_basis = 512
+  model.enc_kernel = 21
+  model.enc_stride = 10
+  model.bottleneck = 128
+  model.num_blocks = 16
+  model.upsampling_depth = 4          # one stride-1 + three stride-2 depthwise convs
+  model.dw_kernel = 5
+  model.extra_outputs = 0             # e.g. 1 for a noise output (NASS)
+  model.dtype = "float32"             # float32 | bfloat16 (params and loss stay float32)
+  model.depthwise_impl = "slices"     # slices | xla
+
+  # ---------------------------------------------------------------- loss
+  loss = config.loss = ml_collections.ConfigDict()
+  loss.name = "neg_sisdr"             # neg_sisdr | neg_snr
+  loss.clamp_db = 30.0                # the study clamps the loss to [-30, 30]
+
+  # ---------------------------------------------------------------- optimiser
+  optim = config.optim = ml_collections.ConfigDict()
+  optim.learning_rate = 1e-3
+  optim.decay_every_steps = 0         # StepLR; 0 = derive from train.num_steps
+  optim.decay_factor = 0.2
+  optim.clip_norm = 5.0
+
+  # ---------------------------------------------------------------- training
+  train = config.train = ml_collections.ConfigDict()
+  train.batch_size = 4
+  train.num_steps = 300
+  train.log_every = 10
+  train.eval_every = 100
+  train.eval_batches = 10
+  train.checkpoint_every = 100
+  train.keep_best = 3
+  train.early_stopping_patience = 0   # evaluations without improvement; 0 = off
+  train.max_consecutive_nonfinite = 10
+
+  # ---------------------------------------------------------------- evaluation
+  ev = config.eval = ml_collections.ConfigDict()
+  ev.split = "test"
+  ev.batch_size = 8
+  ev.max_examples = 0                 # 0 = the whole split
+  ev.vocoder = True
+  ev.num_workers = 0                  # 0 = os.cpu_count()
+  ev.save_examples = 4
+
+  if variant == "smoke":
+    data.num_examples = ml_collections.ConfigDict(dict(train=16, val=8, test=8))
+    data.examples_per_shard = 8
+    data.segment_seconds = 1.0
+    data.num_rooms = 2
+    data.rir_length_seconds = 0.25
+    data.rt60_range = (0.2, 0.3)
+    data.espeak.num_speakers = 12
+    data.espeak.utterances_per_speaker = 2
+    data.espeak.split_speakers = (6, 3, 3)
+    model.enc_basis = 32
+    model.bottleneck = 16
+    model.num_blocks = 2
+    model.n_fft = 64
+    train.batch_size = 4
+    train.num_steps = 6
+    train.log_every = 2
+    train.eval_every = 3
+    train.eval_batches = 1
+    train.checkpoint_every = 3
+    ev.batch_size = 4
+    ev.save_examples = 1
+  elif variant == "gpu":
+    data.num_examples = ml_collections.ConfigDict(dict(train=20000, val=500, test=1000))
+    data.examples_per_shard = 500
+    data.num_rooms = 256
+    train.batch_size = 16
+    train.num_steps = 2000
+    train.eval_every = 250
+    train.checkpoint_every = 250
+    model.dtype = "bfloat16"
+  elif variant:
+    raise ValueError(f"unknown config variant {variant!r}; use one of '', 'smoke', 'gpu'")
+  return config

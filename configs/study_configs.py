@@ -1,0 +1,50 @@
+"""The study's input configurations as field overrides, and the config-file helper.
+
+Every file in `configs/` is `get_config(arg)` where `arg` is a comma-separated
+list of tokens: a size variant (`smoke`, `gpu`, see `base.py`) and, for the
+feature configurations, the microphone set (`mono`, `uni`, `uni_fb`, `bi`).
+Example: `--config=configs/ipd.py:uni,smoke`.
+"""
+
+from configs import base
+
+# Microphone sets the study compares (channel names from base.CHANNEL_NAMES).
+MIC_SETS = {
+    "mono": ("L_tmic",),
+    "uni": ("L_back", "L_tmic"),       # one CI: back mic + T-mic (the authors' unilateral pair)
+    "uni_fb": ("L_front", "L_back"),   # one CI: its two behind-the-ear mics
+    "bi": ("L_tmic", "R_tmic"),        # both T-mics
+}
+SIZE_VARIANTS = ("smoke", "gpu")
+
+
+def parse_arg(arg: str, default_mics: str):
+  """Splits `arg` into (size variant, microphone-set name)."""
+  size, mics = "", default_mics
+  for token in filter(None, (t.strip() for t in (arg or "").split(","))):
+    if token in SIZE_VARIANTS:
+      size = token
+    elif token in MIC_SETS:
+      mics = token
+    else:
+      raise ValueError(
+          f"unknown config token {token!r}; use any of {SIZE_VARIANTS + tuple(MIC_SETS)}"
+          " separated by commas, e.g. ':bi,smoke'")
+  return size, mics
+
+
+def study_config(name: str, arg: str, *, mics: str, features=(), fusion="concat"):
+  size, mics = parse_arg(arg, mics)
+  config = base.get_base_config(size)
+  config.name = name if mics == _DEFAULT_MICS.get(name, mics) else f"{name}_{mics}"
+  config.data.input_channels = MIC_SETS[mics]
+  config.model.features = tuple(features)
+  config.model.fusion = fusion
+  return config
+
+
+# Which microphone set each configuration file uses when the arg names none.
+_DEFAULT_MICS = {
+    "mono": "mono", "unilateral": "uni", "bilateral": "bi",
+    "ipd": "bi", "ild": "bi", "ild_ipd": "bi", "ipd_af": "bi",
+}

@@ -1,0 +1,38 @@
+"""Shared command-line plumbing for the `launch/` verbs (absl flags + ml_collections configs)."""
+
+import logging
+import os
+import sys
+
+# Runnable as `python launch/<verb>.py` from the repository root without installing.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+
+from absl import flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+
+def define_config_flags(workdir_default: str | None = None):
+  config = config_flags.DEFINE_config_file(
+      "config", None, "configs/<name>.py[:variant]; override any field with --config.a.b=value",
+      lock_config=True)
+  flags.DEFINE_string("workdir", workdir_default,
+                      "where this run's outputs, checkpoints and logs go")
+  return config
+
+
+def setup_logging():
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+  for noisy in ("absl", "jax._src", "orbax", "tensorflow"):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def default_workdir(config) -> str:
+  return os.path.join("runs", config.name)
+
+
+def fail(message: str) -> None:
+  """Prints a one-line error and exits with status 2."""
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)

@@ -1,0 +1,31 @@
+"""Train a separator: `python launch/train.py --config=configs/ild_ipd.py [--workdir=runs/x]`.
+
+Renders the embedded default data first when its shards are missing, resumes
+from the workdir's latest checkpoint when there is one, and saves on SIGTERM.
+"""
+
+import common  # noqa: F401  (sets sys.path)
+from absl import app, flags
+
+_CONFIG = common.define_config_flags()
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  del argv
+  common.setup_logging()
+  from spatialsep_jax import config_checks, train
+  config = _CONFIG.value
+  workdir = FLAGS.workdir or common.default_workdir(config)
+  try:
+    result = train.train_and_evaluate(config, workdir)
+  except (config_checks.ConfigError, FileNotFoundError, train.NonFiniteError, ValueError) as e:
+    common.fail(str(e))
+  best = result["best"]
+  if "val_sisdri" in best:
+    print(f"Done: step {result['step']}; best val SI-SDRi {best['val_sisdri']:.2f} dB "
+          f"at step {best['step']}; checkpoints in {workdir}/checkpoints")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,128 @@
+"""Channels-last building blocks of the separators: `[B, L, C]` everywhere.
+
+Parameters are float32; `dtype` is the compute dtype. Initialisers follow
+PyTorch's defaults (uniform in +-1/sqrt(fan_in) for weights and biases) so that
+a freshly initialised model starts where the authors' PyTorch model starts.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+DEPTHWISE_IMPLS = ("slices", "xla")
+
+
+def torch_uniform_init(fan_in: int):
+  """PyTorch's default Conv/Linear initialiser: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+  bound = 1.0 / np.sqrt(fan_in)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+def same_padding(kernel_size: int) -> int:
+  """PyTorch Conv1d padding `(k - 1) // 2` used by SuDoRM-RF."""
+  return (kernel_size - 1) // 2
+
+
+def depthwise_conv1d(x: jax.Array, kernel: jax.Array, stride: int = 1,
+                     impl: str = "slices") -> jax.Array:
+  """Depthwise 1-D convolution (cross-correlation), PyTorch `Conv1d(C, C, K,
+  stride, padding=(K - 1) // 2, groups=C, bias=False)` semantics.
+
+  Args:
+    x: `[B, L, C]`.
+    kernel: `[K, C]`, one filter per channel.
+    stride: output hop.
+    impl: 'xla' (grouped `conv_general_dilated`) or 'slices' (sum of K shifted
+      strided slices scaled per channel; XLA fuses it into one loop and its
+      backward pass avoids XLA's slow grouped-conv gradient on GPU,
+      jax-ml/jax issue 13800).
+  Returns:
+    `[B, (L + 2 p - K) // stride + 1, C]` with `p = (K - 1) // 2`, dtype of `x`.
+  """
+  kernel_size, channels = kernel.shape
+  if x.shape[-1] != channels:
+    raise ValueError(f"depthwise kernel has {channels} channels but input has {x.shape[-1]}")
+  padding = same_padding(kernel_size)
+  kernel = kernel.astype(x.dtype)
+  if impl == "xla":
+    return jax.lax.conv_general_dilated(
+        x, kernel[:, None, :], window_strides=(stride,), padding=[(padding, padding)],
+        dimension_numbers=("NWC", "WIO", "NWC"), feature_group_count=channels)
+  if impl != "slices":
+    raise ValueError(f"unknown depthwise impl {impl!r}; use one of {DEPTHWISE_IMPLS}")
+  out_length = (x.shape[1] + 2 * padding - kernel_size) // stride + 1
+  padded = jnp.pad(x, ((0, 0), (padding, padding), (0, 0)))
+  span = stride * (out_length - 1) + 1
+  taps = [padded[:, tap:tap + span:stride, :] * kernel[tap] for tap in range(kernel_size)]
+  return sum(taps[1:], taps[0])
+
+
+def upsample_nearest2(x: jax.Array, length: int) -> jax.Array:
+  """Nearest-neighbour x2 upsampling on the time axis, cropped to `length`:
+  `[B, L, C]` -> `[B, length, C]` (`length <= 2 L`)."""
+  return jnp.repeat(x, 2, axis=1)[:, :length]
+
+
+class GlobalLayerNorm(nn.Module):
+  """Global layer norm: statistics over time and channels per example (float32),
+  per-channel gain and bias, eps 1e-8 inside the square root. `[B, L, C]` -> same."""
+  eps: float = 1e-8
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    channels = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (channels,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (channels,), jnp.float32)
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axis=(1, 2), keepdims=True)
+    var = jnp.mean(jnp.square(x32 - mean), axis=(1, 2), keepdims=True)
+    normed = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+    return (normed * scale + bias).astype(self.dtype)
+
+
+class PReLU(nn.Module):
+  """PReLU with a single learned slope (PyTorch `nn.PReLU()`, init 0.25)."""
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    slope = self.param("slope", nn.initializers.constant(0.25), (), jnp.float32)
+    x = x.astype(self.dtype)
+    return jnp.where(x >= 0, x, slope.astype(self.dtype) * x)
+
+
+class Pointwise(nn.Module):
+  """1x1 convolution (a dense layer on channels): `[B, L, C_in]` -> `[B, L, features]`."""
+  features: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    init = torch_uniform_init(x.shape[-1])
+    return nn.Dense(self.features, dtype=self.dtype, param_dtype=jnp.float32,
+                    kernel_init=init, bias_init=init, name="dense")(x)
+
+
+class DepthwiseConv(nn.Module):
+  """Depthwise Conv1d with bias: `[B, L, C]` -> `[B, L', C]` (see `depthwise_conv1d`)."""
+  kernel_size: int = 5
+  stride: int = 1
+  impl: str = "slices"
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    channels = x.shape[-1]
+    init = torch_uniform_init(self.kernel_size)
+    kernel = self.param("kernel", init, (self.kernel_size, channels), jnp.float32)
+    bias = self.param("bias", init, (channels,), jnp.float32)
+    out = depthwise_conv1d(x.astype(self.dtype), kernel, self.stride, self.impl)
+    return out + bias.astype(self.dtype)

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs the project with its test extras into .venv and runs the test suite.
+# pytest's exit code 5 ("no tests collected") is reported as a failure with a message.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv .venv
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+python -m pip install -q -e '.[test]' || exit 1
+python -m pytest tests "$@"
+status=$?
+if [ "$status" -eq 5 ]; then
+  echo "error: pytest collected no tests; the suite lives in tests/test_*.py" >&2
+fi
+exit "$status"
