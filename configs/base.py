@@ -107,6 +107,8 @@ def get_base_config(variant: str = "") -> ml_collections.ConfigDict:
   ev.split = "test"
   ev.batch_size = 8
   ev.max_examples = 0                 # 0 = the whole split
+  ev.metrics = ("sisdr", "sdr", "stoi", "pesq")
+  ev.after_training = True            # train.py evaluates the best checkpoint at the end
   ev.vocoder = True
   ev.num_workers = 0                  # 0 = os.cpu_count()
   ev.save_examples = 4
@@ -133,6 +135,8 @@ def get_base_config(variant: str = "") -> ml_collections.ConfigDict:
     train.checkpoint_every = 3
     ev.batch_size = 4
     ev.save_examples = 1
+    ev.metrics = ("sisdr", "stoi")
+    ev.num_workers = 1
   elif variant == "gpu":
     data.num_examples = ml_collections.ConfigDict(dict(train=20000, val=500, test=1000))
     data.examples_per_shard = 500

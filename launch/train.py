@@ -25,6 +25,11 @@ def main(argv):
   if "val_sisdri" in best:
     print(f"Done: step {result['step']}; best val SI-SDRi {best['val_sisdri']:.2f} dB "
           f"at step {best['step']}; checkpoints in {workdir}/checkpoints")
+  if config.eval.after_training and not result["stopped_by"]:
+    from spatialsep_jax import evaluation
+    summary = evaluation.run_evaluation(config, workdir, which="best")
+    print(evaluation.summary_markdown(summary))
+    print(f"rows, summary and plots in {summary['out_dir']}")
 
 
 if __name__ == "__main__":

@@ -125,7 +125,7 @@ def make_eval_step(config, model) -> Callable:
     est_sisdr = metrics_lib.sisdr(aligned, batch["sources"]).mean(axis=-1)
     mix = jnp.broadcast_to(batch["mixture_reference"][:, None, :], batch["sources"].shape)
     mix_sisdr = metrics_lib.sisdr(mix, batch["sources"]).mean(axis=-1)
-    return {"loss": aux["loss_per_example"], "sisdr": est_sisdr, "sisdri": est_sisdr - mix_sisdr}
+    return {"loss": aux["per_example"], "sisdr": est_sisdr, "sisdri": est_sisdr - mix_sisdr}
 
   return eval_step
 

@@ -1,0 +1,158 @@
+"""From a config to rendered shards: dataset identity, default locations, rendering.
+
+A dataset is identified by the fields of `config.data` that change what is
+rendered (not which channels a model reads or which target it trains on), so
+every input configuration of the study shares one render.
+"""
+
+import functools
+import hashlib
+import json
+import logging
+import os
+
+from data_pipeline import array as array_lib
+from data_pipeline import render as render_lib
+from data_pipeline import shards
+
+SPLITS = ("train", "val", "test")
+# config.data fields that do not change the rendered shards.
+_READ_SIDE_FIELDS = ("input_channels", "target", "loader", "dynamic_mixing", "prefetch",
+                     "shards_dir", "cache_dir")
+DATASET_FORMAT_VERSION = 1
+
+log = logging.getLogger(__name__)
+
+
+def dataset_fingerprint(config) -> str:
+  data = {k: v for k, v in config.data.to_dict().items() if k not in _READ_SIDE_FIELDS}
+  fields = {"data": data, "seed": int(config.seed), "version": DATASET_FORMAT_VERSION}
+  return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def cache_dir(config) -> str:
+  return config.data.cache_dir or os.path.join(".", ".cache")
+
+
+def shards_dir(config) -> str:
+  """`config.data.shards_dir`, or ./data/<corpus name>-<fingerprint> by default."""
+  if config.data.shards_dir:
+    return config.data.shards_dir
+  corpus = "espeak" if config.data.corpus == "espeak" else os.path.basename(
+      os.path.normpath(config.data.corpus))
+  return os.path.join(".", "data", f"{corpus}-{dataset_fingerprint(config)}")
+
+
+def read_manifest(directory: str) -> dict:
+  if not os.path.exists(shards.manifest_path(directory)):
+    raise FileNotFoundError(f"no manifest.json in {directory}; render the shards first with "
+                            "python launch/render.py --config=<the same config>")
+  return shards.read_manifest(directory)
+
+
+def is_rendered(directory: str) -> bool:
+  if not os.path.exists(shards.manifest_path(directory)):
+    return False
+  return shards.is_complete(shards.read_manifest(directory))
+
+
+def ensure_dataset(config, progress: bool = True) -> str:
+  """Returns the shards directory of `config`, rendering the embedded default data if missing.
+
+  A user corpus is never rendered implicitly (it can take hours): the error
+  names the render command instead.
+  """
+  directory = shards_dir(config)
+  if is_rendered(directory):
+    return directory
+  if config.data.corpus != "espeak":
+    raise FileNotFoundError(
+        f"the shards for corpus {config.data.corpus!r} are not rendered in {directory}; run "
+        f"python launch/render.py --config=<this config> (same --config.data.* overrides) first")
+  print(f"Rendering the embedded default data into {directory} (once; later runs reuse it)")
+  render(config, directory, progress=progress)
+  return directory
+
+
+def render(config, directory: str | None = None, num_workers: int | None = None,
+           progress: bool = True) -> dict:
+  """Renders every missing shard of `config` into `directory`; returns the manifest."""
+  from data_pipeline import corpus as corpus_lib
+  from data_pipeline import scenes
+
+  directory = directory or shards_dir(config)
+  corpus = corpus_lib.build_corpus(config.data, cache_dir(config), seed=config.seed)
+  if corpus.skipped:
+    log.info("corpus files skipped: %s", dict(corpus.skipped))
+  for split in SPLITS:
+    if len({u.speaker_id for u in corpus.utterances(split)}) < config.data.num_sources:
+      raise ValueError(f"the {split} split of the corpus has fewer than "
+                       f"{config.data.num_sources} speakers; add speakers or change the split")
+  bank = scenes.load_bank(config, cache_dir(config), num_workers=num_workers or 0,
+                         progress=progress)
+  speakers = [dict(id=s.speaker_id, sex=int(s.sex), f0=float(s.f0_hz)) for s in corpus.speakers]
+  manifest_extra = dict(
+      sample_rate=int(config.data.sample_rate),
+      segment_samples=segment_samples(config),
+      channel_names=list(array_lib.CHANNEL_NAMES),
+      reference_mic=config.data.reference_mic,
+      num_sources=int(config.data.num_sources),
+      speakers=speakers,
+      store_images=bool(config.data.store_images),
+      corpus=str(config.data.corpus),
+      scene=str(config.data.scene),
+      noise=str(config.data.noise),
+      skipped_files=dict(corpus.skipped),
+      data_config=json.loads(json.dumps(config.data.to_dict(), default=str)))
+  make_example = functools.partial(_make_example, config.to_json())
+  counts = {split: int(config.data.num_examples[split]) for split in SPLITS}
+  return render_lib.render_dataset(
+      directory, counts, int(config.data.examples_per_shard), make_example, manifest_extra,
+      dataset_fingerprint(config), num_workers=num_workers, progress=progress)
+
+
+def segment_samples(config) -> int:
+  return int(round(config.data.segment_seconds * config.data.sample_rate))
+
+
+# Per-process cache of (config, corpus, bank) so each render worker builds them once.
+_WORKER_CACHE: dict = {}
+
+
+def _scene_inputs(config_json: str):
+  if config_json not in _WORKER_CACHE:
+    import ml_collections
+    from data_pipeline import corpus as corpus_lib
+    from data_pipeline import scenes
+    config = ml_collections.ConfigDict(json.loads(config_json))
+    corpus = corpus_lib.build_corpus(config.data, cache_dir(config), seed=config.seed)
+    bank = scenes.load_bank(config, cache_dir(config), num_workers=1, progress=False)
+    by_speaker = {split: _group_by_speaker(corpus.utterances(split)) for split in SPLITS}
+    _WORKER_CACHE.clear()
+    _WORKER_CACHE[config_json] = (config, corpus, bank, by_speaker)
+  return _WORKER_CACHE[config_json]
+
+
+def _group_by_speaker(utterances):
+  groups = {}
+  for utt in utterances:
+    groups.setdefault(utt.speaker_id, []).append(utt)
+  return {speaker: groups[speaker] for speaker in sorted(groups)}
+
+
+def _make_example(config_json: str, split: str, index: int) -> dict:
+  """Example `index` of `split`: two different speakers, one utterance each, one scene."""
+  from data_pipeline import scenes
+  config, corpus, bank, by_speaker = _scene_inputs(config_json)
+  rng = scenes.scene_seed(config.seed, split, index)
+  speakers = list(by_speaker[split])
+  chosen = rng.choice(len(speakers), size=config.data.num_sources, replace=False)
+  utterances, speaker_info = [], []
+  for choice in chosen:
+    speaker_id = speakers[int(choice)]
+    options = by_speaker[split][speaker_id]
+    utterance = options[int(rng.integers(len(options)))]
+    utterances.append(corpus.load(utterance))
+    speaker = corpus.speakers[corpus.speaker_index(speaker_id)]
+    speaker_info.append((corpus.speaker_index(speaker_id), int(speaker.sex), float(speaker.f0_hz)))
+  return scenes.make_example(config, tuple(utterances), tuple(speaker_info), bank, rng, index)

@@ -1,0 +1,186 @@
+"""Sampling a two-talker scene and mixing it into one example record (DESIGN.md's table).
+
+Recipe (the study's): a bank room and distinct grid azimuths per talker; each utterance randomly
+cropped to the segment (shorter ones zero-padded at the start or the end at random); convolved with
+its reverberant and direct-path responses; interferers scaled to the drawn target-to-interferer
+ratio (RMS of the reverberant images at the reference mic); optional noise at the drawn SNR; the
+mixture peak-normalised to 0.9 over all channels with the same gain applied to every stored signal.
+"""
+
+import functools
+import pathlib
+import zlib
+
+import numpy as np
+import soundfile
+from scipy import signal
+
+from data_pipeline.array import CHANNEL_NAMES, channel_indices
+from data_pipeline.rooms import RirBank, build_rir_bank
+
+PEAK_LEVEL = 0.9
+DIFFUSE_DIRECTIONS = 8
+NOISE_EXTENSIONS = (".wav", ".flac", ".ogg")
+
+
+def load_bank(config, cache_dir=None, num_workers: int = 0, progress: bool = True) -> RirBank:
+  """The response bank the config asks for: simulated (cached) or measured."""
+  data = config.data
+  if data.scene == "simulated":
+    return build_rir_bank(config, cache_dir, num_workers, progress)
+  if data.scene == "measured":
+    from data_pipeline.measured import load_measured_bank
+    return load_measured_bank(data.measured_dir, int(data.sample_rate), data.rir_length_seconds)
+  raise ValueError(f"data.scene={data.scene!r} is unknown; use 'simulated' or 'measured'")
+
+
+def scene_seed(seed: int, split: str, index: int) -> np.random.Generator:
+  """The generator of example `index` of `split`, independent of every other example."""
+  return np.random.default_rng([int(seed), zlib.crc32(split.encode()), int(index)])
+
+
+def crop_or_pad(utterance: np.ndarray, num_samples: int, rng: np.random.Generator) -> np.ndarray:
+  """Random crop of a [N] signal to [num_samples], or zero-padding at the start or end at random."""
+  utterance = np.asarray(utterance, np.float32)
+  if utterance.ndim != 1:
+    raise ValueError(f"utterances must be 1-D, got shape {utterance.shape}; mix down to mono first")
+  if utterance.size >= num_samples:
+    start = rng.integers(0, utterance.size - num_samples + 1)
+    return utterance[start:start + num_samples]
+  padding = num_samples - utterance.size
+  return np.pad(utterance, (padding, 0) if rng.random() < 0.5 else (0, padding))
+
+
+def _rms(x: np.ndarray) -> float:
+  return float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
+
+
+def _convolve(signals: np.ndarray, responses: np.ndarray, num_samples: int) -> np.ndarray:
+  """signals [K, T] * responses [K, L, C] -> [K, num_samples, C] (first samples of the full one)."""
+  return signal.fftconvolve(signals[:, :, None], responses, axes=1)[:, :num_samples].astype(np.float32)
+
+
+@functools.lru_cache(maxsize=4)
+def _noise_files(folder: str) -> tuple:
+  files = tuple(sorted(p for p in pathlib.Path(folder).rglob("*")
+                       if p.suffix.lower() in NOISE_EXTENSIONS))
+  if not files:
+    raise ValueError(f"data.noise={folder!r}: no wav/flac/ogg noise files found; use 'none', "
+                     "'diffuse' or a folder of noise files")
+  return files
+
+
+def _noise_excerpt(path: pathlib.Path, num_samples: int, sample_rate: int,
+                   rng: np.random.Generator) -> np.ndarray:
+  """A random excerpt [num_samples, C] of a noise file (looped when short)."""
+  noise, file_rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+  if file_rate != sample_rate:
+    from data_pipeline.measured import resample
+    noise = resample(noise, file_rate, sample_rate, str(path)).astype(np.float32)
+  if noise.shape[0] == 0:
+    raise ValueError(f"{path}: empty noise file; remove it from the noise folder")
+  repeats = int(np.ceil((num_samples + noise.shape[0]) / noise.shape[0]))
+  looped = np.tile(noise, (repeats, 1))
+  start = rng.integers(0, noise.shape[0])
+  return looped[start:start + num_samples]
+
+
+def _make_noise(data, bank: RirBank, room: int, num_samples: int,
+                rng: np.random.Generator) -> np.ndarray:
+  """Spatially diffuse noise [T, M]: independent excerpts through the room's responses at
+  DIFFUSE_DIRECTIONS random azimuths (white Gaussian for 'diffuse'; files otherwise; files with
+  exactly M channels are used as recorded)."""
+  candidates = np.flatnonzero(bank.available[room])
+  azimuths = rng.choice(candidates, min(DIFFUSE_DIRECTIONS, candidates.size), replace=False)
+  if data.noise == "diffuse":
+    excerpts = rng.standard_normal((azimuths.size, num_samples)).astype(np.float32)
+  else:
+    files = _noise_files(str(data.noise))
+    first = _noise_excerpt(files[rng.integers(len(files))], num_samples, int(data.sample_rate), rng)
+    if first.shape[1] == len(CHANNEL_NAMES):
+      return first
+    excerpts = [first.mean(axis=1)] + [
+        _noise_excerpt(files[rng.integers(len(files))], num_samples, int(data.sample_rate),
+                       rng).mean(axis=1) for _ in range(azimuths.size - 1)]
+    excerpts = np.stack(excerpts)
+  responses = np.asarray(bank.reverberant[room, azimuths], np.float32)          # [K, L, M]
+  return _convolve(excerpts, responses, num_samples).sum(axis=0)
+
+
+def make_example(config, utterances, speakers, bank: RirBank, rng: np.random.Generator,
+                 example_id: int) -> dict:
+  """One example record (DESIGN.md): utterances are S 1-D float32 arrays at data.sample_rate,
+  speakers S tuples (speaker_index, sex, f0_hz) with sex 0 female, 1 male, -1 unknown."""
+  data = config.data
+  num_sources = len(utterances)
+  if num_sources != data.num_sources or num_sources < 2 or len(speakers) != num_sources:
+    raise ValueError(f"got {num_sources} utterances and {len(speakers)} speakers; pass "
+                     f"data.num_sources={data.num_sources} (>= 2) of each")
+  if int(bank.sample_rate) != int(data.sample_rate):
+    raise ValueError(f"the bank is at {bank.sample_rate} Hz but data.sample_rate={data.sample_rate}; "
+                     "rebuild the bank for this config")
+  for name in (data.reference_mic, *data.input_channels):
+    channel_indices(name)
+    if name not in bank.channel_names:
+      raise ValueError(f"channel {name!r} has no responses in this bank; use one of "
+                       f"{', '.join(bank.channel_names)} in data.input_channels/reference_mic")
+  reference = channel_indices(data.reference_mic)[0]
+  num_samples = int(round(data.segment_seconds * data.sample_rate))
+
+  rooms_with_enough = np.flatnonzero(bank.available.sum(axis=1) >= num_sources)
+  if rooms_with_enough.size == 0:
+    raise ValueError(f"no room of the bank has {num_sources} azimuths; add responses")
+  room = int(rng.choice(rooms_with_enough))
+  azimuth_indices = rng.choice(np.flatnonzero(bank.available[room]), num_sources, replace=False)
+
+  dry = np.stack([crop_or_pad(u, num_samples, rng) for u in utterances])        # [S, T]
+  for index, utterance in enumerate(dry):
+    if not np.any(utterance):
+      raise ValueError(f"utterance {index} is silent in its segment; drop silent files")
+  reverberant_rirs = np.asarray(bank.reverberant[room, azimuth_indices], np.float32)  # [S, L, M]
+  direct_rirs = np.asarray(bank.direct[room, azimuth_indices, :, reference], np.float32)
+  convolved = _convolve(dry, np.concatenate([reverberant_rirs, direct_rirs[:, :, None]], axis=2),
+                        num_samples)
+  images, direct = convolved[:, :, :-1], convolved[:, :, -1]                      # [S,T,M], [S,T]
+
+  tir_db = float(rng.uniform(*data.tir_db_range))
+  target_rms = _rms(images[0, :, reference])
+  for source in range(1, num_sources):
+    gain = target_rms / max(_rms(images[source, :, reference]), 1e-12) * 10 ** (-tir_db / 20)
+    images[source] *= gain
+    direct[source] *= gain
+  speech = images.sum(axis=0)                                                     # [T, M]
+
+  if data.noise == "none":
+    noise = np.zeros_like(speech)
+    snr_db = np.inf
+  else:
+    snr_db = float(rng.uniform(*data.snr_db_range))
+    noise = _make_noise(data, bank, room, num_samples, rng)
+    noise *= _rms(speech[:, reference]) / max(_rms(noise[:, reference]), 1e-12) * 10 ** (-snr_db / 20)
+  mixture = speech + noise
+  gain = PEAK_LEVEL / max(float(np.max(np.abs(mixture))), 1e-12)
+
+  azimuths = np.asarray(bank.azimuths_deg)[azimuth_indices].astype(np.float32)
+  difference = abs(float(azimuths[0] - azimuths[1])) % 360.0
+  record = dict(
+      mixture=(mixture * gain).astype(np.float16),
+      reverberant=(images[:, :, reference] * gain).astype(np.float16),
+      direct=(direct * gain).astype(np.float16),
+      noise=(noise[:, reference] * gain).astype(np.float16),
+      azimuth_deg=azimuths,
+      distance_m=np.asarray(bank.distance_m)[room, azimuth_indices].astype(np.float32),
+      separation_deg=np.float32(min(difference, 360.0 - difference)),
+      room_dims=np.asarray(bank.room_dims)[room].astype(np.float32),
+      rt60=np.float32(bank.rt60[room]),
+      drr_db=np.asarray(bank.drr_db)[room, azimuth_indices, reference].astype(np.float32),
+      tir_db=np.float32(tir_db),
+      snr_db=np.float32(snr_db),
+      speaker_index=np.array([s[0] for s in speakers], np.int32),
+      speaker_sex=np.array([s[1] for s in speakers], np.int32),
+      f0_hz=np.array([np.nan if s[2] is None else s[2] for s in speakers], np.float32),
+      example_id=np.int64(example_id),
+  )
+  if data.store_images:
+    record["images"] = (images * gain).astype(np.float16)
+  return record

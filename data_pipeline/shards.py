@@ -1,0 +1,353 @@
+"""Example-record codec, ArrayRecord shards and the dataset manifest.
+
+Records are TFDS-serialised ``tf.train.Example`` protos (every field a
+``tfds.features.Tensor`` with ``Encoding.BYTES``: one raw little-endian byte
+string per field), written to ArrayRecord files with ``group_size:1`` so that
+any record can be read by index. TFDS's numpy path and the ``tf.train.Example``
+proto it vendors need no TensorFlow, so the GPU hosts decode shards with numpy
+only, while a TFDS user gets the standard metadata
+(``dataset_info.json``, ``features.json``) and can call
+``tfds.builder_from_directory(shards_dir).as_data_source(split)``.
+
+Layout of a rendered dataset::
+
+  <shards_dir>/manifest.json
+  <shards_dir>/dataset_info.json, features.json          (TFDS, once complete)
+  <shards_dir>/<split>/spatialsep-<split>.array_record-00003-of-00016
+
+A shard is written to ``<name>.partial``, fsynced and renamed; only then is it
+marked ``complete`` in the manifest. A later render deletes leftover
+``.partial`` files and redoes their shards.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+DATASET_NAME = "spatialsep"
+DATASET_VERSION = "1.0.0"
+MANIFEST_NAME = "manifest.json"
+PARTIAL_SUFFIX = ".partial"
+TARGET_KINDS = ("direct", "reverberant")
+# Every record is one chunk: random access costs one read and no decompression
+# (float16 audio barely compresses).
+WRITER_OPTIONS = "group_size:1,uncompressed"
+MANIFEST_REQUIRED_KEYS = (
+    "sample_rate", "segment_samples", "channel_names", "reference_mic",
+    "num_sources", "speakers")
+
+
+# ---------------------------------------------------------------- record codec
+
+def record_spec(segment_samples: int, num_sources: int, num_channels: int,
+                store_images: bool = False) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+  """Shape and dtype of every record field (see DESIGN.md, "Example record").
+
+  T = segment_samples, S = num_sources, M = num_channels.
+  """
+  t, s, m = int(segment_samples), int(num_sources), int(num_channels)
+  f16, f32, i32, i64 = (np.dtype(d) for d in ("float16", "float32", "int32", "int64"))
+  spec = {
+      "mixture": ((t, m), f16),
+      "reverberant": ((s, t), f16),
+      "direct": ((s, t), f16),
+      "noise": ((t,), f16),
+      "azimuth_deg": ((s,), f32),
+      "distance_m": ((s,), f32),
+      "separation_deg": ((), f32),
+      "room_dims": ((3,), f32),
+      "rt60": ((), f32),
+      "drr_db": ((s,), f32),
+      "tir_db": ((), f32),
+      "snr_db": ((), f32),
+      "speaker_index": ((s,), i32),
+      "speaker_sex": ((s,), i32),
+      "f0_hz": ((s,), f32),
+      "example_id": ((), i64),
+  }
+  if store_images:
+    spec["images"] = ((s, t, m), f16)
+  return dict(sorted(spec.items()))
+
+
+def spec_from_manifest(manifest: Mapping[str, Any]) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+  """The record spec of a rendered dataset, from its manifest."""
+  return record_spec(manifest["segment_samples"], manifest["num_sources"],
+                     len(manifest["channel_names"]), manifest.get("store_images", False))
+
+
+def tfds_features(spec: Mapping[str, tuple[tuple[int, ...], np.dtype]]):
+  """The ``tfds.features.FeaturesDict`` that describes (and serialises) a record."""
+  import tensorflow_datasets as tfds  # heavy import, only where TFDS is used
+  return tfds.features.FeaturesDict({
+      key: tfds.features.Tensor(shape=shape, dtype=dtype,
+                                encoding=tfds.features.Encoding.BYTES)
+      for key, (shape, dtype) in spec.items()})
+
+
+def _example_proto_class():
+  from tensorflow_datasets.proto import tf_example_pb2  # the vendored proto, no TF
+  return tf_example_pb2.Example
+
+
+def check_record(record: Mapping[str, Any], spec: Mapping[str, tuple[tuple[int, ...], np.dtype]]
+                 ) -> dict[str, np.ndarray]:
+  """Casts a record to the spec's dtypes; one-line ValueError on a missing key or wrong shape."""
+  missing = sorted(set(spec) - set(record))
+  extra = sorted(set(record) - set(spec))
+  if missing or extra:
+    raise ValueError(f"record keys do not match the record spec: missing {missing}, "
+                     f"unexpected {extra}; make_example must return exactly the DESIGN.md record")
+  out = {}
+  for key, (shape, dtype) in spec.items():
+    value = np.asarray(record[key])
+    if value.shape != shape:
+      raise ValueError(f"record field {key!r} has shape {value.shape}, expected {shape}; "
+                       "fix the scene's segment length / sources / channels")
+    out[key] = np.ascontiguousarray(value, dtype=dtype)
+  return out
+
+
+def encode_record(record: Mapping[str, Any], spec: Mapping[str, tuple[tuple[int, ...], np.dtype]]
+                  ) -> bytes:
+  """Serialises one example record (dict of arrays) to TFDS ``tf.train.Example`` bytes.
+
+  The bytes are deterministic (map keys sorted), so identical records give
+  identical shards.
+  """
+  example_class = _example_proto_class()
+  example = example_class()
+  feature_map = example.features.feature
+  for key, value in check_record(record, spec).items():
+    feature_map[key].bytes_list.value.append(value.astype(value.dtype.newbyteorder("<")).tobytes())
+  return example.SerializeToString(deterministic=True)
+
+
+def decode_record(data: bytes, spec: Mapping[str, tuple[tuple[int, ...], np.dtype]],
+                  keys: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+  """Parses record bytes into read-only numpy views (``np.frombuffer``), no copies of audio.
+
+  keys: the fields to return (default all of the spec).
+  """
+  feature_map = _example_proto_class().FromString(data).features.feature
+  out = {}
+  for key in spec if keys is None else keys:
+    shape, dtype = spec[key]
+    if key not in feature_map:
+      raise ValueError(f"record has no field {key!r}; the shards were rendered without it")
+    raw = feature_map[key].bytes_list.value[0]
+    out[key] = np.frombuffer(raw, dtype=dtype.newbyteorder("<")).reshape(shape)
+  return out
+
+
+# ---------------------------------------------------------------- file layout
+
+def shard_path(shards_dir: str, split: str, shard_index: int, num_shards: int) -> str:
+  """``<shards_dir>/<split>/spatialsep-<split>.array_record-00003-of-00016`` (TFDS naming)."""
+  return os.path.join(shards_dir, split, _shard_name(split, shard_index, num_shards))
+
+
+def _shard_name(split: str, shard_index: int, num_shards: int) -> str:
+  return f"{DATASET_NAME}-{split}.array_record-{shard_index:05d}-of-{num_shards:05d}"
+
+
+def shard_ranges(num_examples: int, examples_per_shard: int) -> list[tuple[int, int]]:
+  """[start, stop) example indices of each shard of a split (the last may be short)."""
+  if examples_per_shard < 1:
+    raise ValueError(f"examples_per_shard must be >= 1, got {examples_per_shard}")
+  return [(start, min(start + examples_per_shard, num_examples))
+          for start in range(0, num_examples, examples_per_shard)]
+
+
+def _fsync_dir(path: str) -> None:
+  fd = os.open(path, os.O_RDONLY)
+  try:
+    os.fsync(fd)
+  finally:
+    os.close(fd)
+
+
+def write_shard(path: str, encoded_records) -> int:
+  """Writes an iterable of record bytes to ``path`` atomically; returns the record count.
+
+  The records go to ``path + '.partial'``, which is fsynced and renamed, so a
+  killed writer never leaves a truncated file under the final name.
+  """
+  from array_record.python.array_record_module import ArrayRecordWriter
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  partial = path + PARTIAL_SUFFIX
+  writer = ArrayRecordWriter(partial, WRITER_OPTIONS)
+  count = 0
+  try:
+    for data in encoded_records:
+      writer.write(data)
+      count += 1
+  finally:
+    writer.close()
+  with open(partial, "rb+") as f:
+    os.fsync(f.fileno())
+  os.replace(partial, path)
+  _fsync_dir(os.path.dirname(path))
+  return count
+
+
+def remove_partial_shards(shards_dir: str) -> list[str]:
+  """Deletes half-written shards left by a killed render; returns their paths."""
+  leftovers = sorted(glob.glob(os.path.join(shards_dir, "*", "*" + PARTIAL_SUFFIX)))
+  for path in leftovers:
+    os.remove(path)
+  return leftovers
+
+
+# ---------------------------------------------------------------- manifest
+
+def manifest_path(shards_dir: str) -> str:
+  return os.path.join(shards_dir, MANIFEST_NAME)
+
+
+def read_manifest(shards_dir: str) -> dict[str, Any]:
+  path = manifest_path(shards_dir)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"no {MANIFEST_NAME} in {shards_dir!r}; render the dataset first "
+                            "(or point data.shards_dir at a rendered one)")
+  with open(path) as f:
+    return json.load(f)
+
+
+def write_manifest(shards_dir: str, manifest: Mapping[str, Any]) -> None:
+  """Atomically replaces ``manifest.json`` (temp file, fsync, rename)."""
+  os.makedirs(shards_dir, exist_ok=True)
+  path = manifest_path(shards_dir)
+  partial = path + PARTIAL_SUFFIX
+  with open(partial, "w") as f:
+    json.dump(manifest, f, indent=1, sort_keys=True)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(partial, path)
+  _fsync_dir(shards_dir)
+
+
+def new_manifest(config_hash: str, splits: Mapping[str, int], examples_per_shard: int,
+                 manifest_extra: Mapping[str, Any]) -> dict[str, Any]:
+  """A manifest with every shard planned and none complete.
+
+  manifest_extra must hold sample_rate, segment_samples, channel_names,
+  reference_mic, num_sources and speakers (list of {id, sex, f0}); it may hold
+  store_images and anything else worth recording.
+  """
+  missing = [k for k in MANIFEST_REQUIRED_KEYS if k not in manifest_extra]
+  if missing:
+    raise ValueError(f"manifest_extra lacks {missing}; pass them from the data config")
+  if manifest_extra["reference_mic"] not in manifest_extra["channel_names"]:
+    raise ValueError(f"reference_mic {manifest_extra['reference_mic']!r} is not one of the "
+                     f"channels {list(manifest_extra['channel_names'])}")
+  manifest = dict(manifest_extra)
+  manifest["channel_names"] = list(manifest["channel_names"])
+  manifest.update(
+      config_hash=config_hash,
+      dataset_name=DATASET_NAME,
+      dataset_version=DATASET_VERSION,
+      store_images=bool(manifest_extra.get("store_images", False)),
+      target_kinds=list(TARGET_KINDS),
+      record_format="tfds tf.train.Example (Tensor fields, Encoding.BYTES) in ArrayRecord",
+      examples_per_shard=int(examples_per_shard),
+      counts={split: int(n) for split, n in splits.items()},
+      splits={})
+  for split, num_examples in splits.items():
+    ranges = shard_ranges(int(num_examples), examples_per_shard)
+    manifest["splits"][split] = [
+        dict(file=os.path.join(split, _shard_name(split, i, len(ranges))),
+             start=start, num_examples=stop - start, complete=False)
+        for i, (start, stop) in enumerate(ranges)]
+  return manifest
+
+
+def prepare_manifest(shards_dir: str, config_hash: str, splits: Mapping[str, int],
+                     examples_per_shard: int, manifest_extra: Mapping[str, Any]) -> dict[str, Any]:
+  """Opens (resume) or starts the manifest of ``shards_dir`` and clears half-written shards.
+
+  Refuses a directory whose complete shards were rendered from another config.
+  A shard stays complete only if the manifest says so and its file exists.
+  """
+  fresh = new_manifest(config_hash, splits, examples_per_shard, manifest_extra)
+  if os.path.exists(manifest_path(shards_dir)):
+    old = read_manifest(shards_dir)
+    any_complete = any(s["complete"] for shards in old.get("splits", {}).values() for s in shards)
+    if old.get("config_hash") != config_hash and any_complete:
+      raise ValueError(
+          f"{shards_dir!r} holds shards rendered from config hash {old.get('config_hash')!r}, "
+          f"not {config_hash!r}; pick another data.shards_dir (or delete that one)")
+    if old.get("config_hash") == config_hash:
+      for split, shards in fresh["splits"].items():
+        old_by_file = {s["file"]: s for s in old.get("splits", {}).get(split, [])}
+        for shard in shards:
+          previous = old_by_file.get(shard["file"])
+          if (previous is not None and previous["complete"]
+              and previous["num_examples"] == shard["num_examples"]
+              and os.path.exists(os.path.join(shards_dir, shard["file"]))):
+            shard["complete"] = True
+  remove_partial_shards(shards_dir)
+  write_manifest(shards_dir, fresh)
+  return fresh
+
+
+def is_complete(manifest: Mapping[str, Any], split: str | None = None) -> bool:
+  splits = [split] if split is not None else list(manifest["splits"])
+  return all(s["complete"] for name in splits for s in manifest["splits"][name])
+
+
+def write_tfds_metadata(shards_dir: str, manifest: Mapping[str, Any]) -> None:
+  """Writes ``dataset_info.json`` and ``features.json`` so TFDS can open the shards.
+
+  ``tfds.builder_from_directory(shards_dir).as_data_source(split)`` then works,
+  with or without TensorFlow installed.
+  """
+  from tensorflow_datasets.core import dataset_info, file_adapters, naming, utils
+  from tensorflow_datasets.core import splits as split_lib
+  template = naming.ShardedFileTemplate(
+      data_dir=shards_dir, template="{SPLIT}/{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}",
+      dataset_name=DATASET_NAME, filetype_suffix="array_record")
+  identity = dataset_info.DatasetIdentity(
+      name=DATASET_NAME, version=utils.Version(manifest["dataset_version"]),
+      data_dir=shards_dir, module_name="")
+  info = dataset_info.DatasetInfo(
+      builder=identity, features=tfds_features(spec_from_manifest(manifest)),
+      description=("Two-talker mixtures at a head-worn cochlear-implant microphone array "
+                   f"(channels {', '.join(manifest['channel_names'])}); see manifest.json."))
+  info.set_file_format(file_adapters.FileFormat.ARRAY_RECORD)
+  split_infos = []
+  for split, shards in manifest["splits"].items():
+    num_bytes = sum(os.path.getsize(os.path.join(shards_dir, s["file"])) for s in shards)
+    split_infos.append(split_lib.SplitInfo(
+        name=split, shard_lengths=[s["num_examples"] for s in shards],
+        num_bytes=num_bytes, filename_template=template))
+  info.set_splits(split_lib.SplitDict(split_infos))
+  info.write_to_directory(shards_dir)
+
+
+def split_paths(shards_dir: str, manifest: Mapping[str, Any], split: str) -> list[str]:
+  """Paths of a split's shards in example order; error if the split is missing or incomplete."""
+  if split not in manifest["splits"]:
+    raise ValueError(f"split {split!r} is not in {shards_dir!r} (has "
+                     f"{sorted(manifest['splits'])}); render it or pick another split")
+  if not is_complete(manifest, split):
+    raise ValueError(f"split {split!r} in {shards_dir!r} is only partly rendered; "
+                     "rerun the render to finish it")
+  return [os.path.join(shards_dir, s["file"]) for s in manifest["splits"][split]]
+
+
+def open_split(shards_dir: str, split: str):
+  """(manifest, random-access source of record bytes) for one split.
+
+  The source is Grain's ``ArrayRecordDataSource``: ``len()``, ``source[i]`` and
+  ``source.__getitems__(indices)`` (threaded batch read) over the split's shards.
+  """
+  import grain
+  manifest = read_manifest(shards_dir)
+  return manifest, grain.sources.ArrayRecordDataSource(split_paths(shards_dir, manifest, split))

@@ -1,0 +1,61 @@
+"""A readable summary of rendered shards: counts, speakers and scene statistics (+ a PNG)."""
+
+import os
+
+import numpy as np
+
+from data_pipeline import shards
+
+METADATA_KEYS = ("azimuth_deg", "separation_deg", "rt60", "drr_db", "tir_db", "snr_db",
+                 "speaker_index", "speaker_sex")
+
+
+def split_metadata(directory: str, split: str) -> dict[str, np.ndarray]:
+  """Metadata of every example of `split`, stacked: {key: [N, ...]}."""
+  manifest, source = shards.open_split(directory, split)
+  spec = shards.spec_from_manifest(manifest)
+  rows = [shards.decode_record(source[i], spec, keys=METADATA_KEYS) for i in range(len(source))]
+  return {key: np.stack([row[key] for row in rows]) for key in METADATA_KEYS}
+
+
+def summary_text(config, directory: str, plot: bool = True) -> str:
+  manifest = shards.read_manifest(directory)
+  lines = [f"Shards in {directory} (config hash {manifest['config_hash']}): "
+           f"{manifest['sample_rate']} Hz, {manifest['segment_samples']} samples per example, "
+           f"channels {', '.join(manifest['channel_names'])}"]
+  if manifest.get("skipped_files"):
+    lines.append(f"corpus files skipped: {manifest['skipped_files']}")
+  stats = {}
+  for split in manifest["splits"]:
+    meta = split_metadata(directory, split)
+    stats[split] = meta
+    sexes = meta["speaker_sex"]
+    same_sex = float(np.mean(sexes[:, 0] == sexes[:, 1])) if sexes.shape[1] > 1 else float("nan")
+    lines.append(
+        f"{split:5s}: {len(meta['rt60']):6d} mixtures, "
+        f"{len(np.unique(meta['speaker_index'])):3d} speakers, same-sex pairs {same_sex:.0%}, "
+        f"RT60 {np.min(meta['rt60']):.2f}-{np.max(meta['rt60']):.2f} s, "
+        f"TIR {np.min(meta['tir_db']):+.1f}..{np.max(meta['tir_db']):+.1f} dB, "
+        f"separation median {np.median(meta['separation_deg']):.0f} deg")
+  if plot:
+    path = os.path.join(directory, "summary.png")
+    _plot(stats, path)
+    lines.append(f"plots: {path}")
+  return "\n".join(lines)
+
+
+def _plot(stats: dict, path: str) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  panels = (("separation_deg", "talker separation (deg)"), ("rt60", "RT60 (s)"),
+            ("tir_db", "TIR (dB)"), ("drr_db", "DRR at reference mic (dB)"))
+  fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3))
+  for ax, (key, label) in zip(axes, panels):
+    for split, meta in stats.items():
+      ax.hist(np.ravel(meta[key]), bins=20, alpha=0.5, label=split, density=True)
+    ax.set_xlabel(label)
+  axes[0].legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)

@@ -1,0 +1,50 @@
+"""Shared fixtures: one tiny real render (eSpeak corpus + pyroomacoustics bank) per test session."""
+
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+
+
+@pytest.fixture(scope="session")
+def smoke_cache_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="session")
+def smoke_dataset(tmp_path_factory, smoke_cache_dir):
+  """(shards_dir, cache_dir) of the `:smoke` render shared by every configuration."""
+  from configs import ild_ipd
+  from data_pipeline import dataset
+  config = ild_ipd.get_config("smoke")
+  config.data.cache_dir = smoke_cache_dir
+  directory = str(tmp_path_factory.mktemp("smoke_shards"))
+  dataset.render(config, directory, num_workers=2, progress=False)
+  return directory, smoke_cache_dir
+
+
+def smoke_config(module, shards_dir, cache_dir, arg="smoke", **overrides):
+  """A `:smoke` config of `module` pointed at the session's shards, with dotted overrides."""
+  config = module.get_config(arg)
+  config.data.shards_dir = shards_dir
+  config.data.cache_dir = cache_dir
+  for dotted, value in overrides.items():
+    node = config
+    *parents, leaf = dotted.split("__")
+    for part in parents:
+      node = node[part]
+    node[leaf] = value
+  return config
+
+
+def pytest_configure(config):
+  # Compiled programs are reused across tests and subprocesses (resume runs recompile the
+  # same step); this keeps the suite inside its CPU time budget.
+  cache = os.path.join(ROOT, ".cache", "jax_compilation_cache")
+  os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", cache)
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")

@@ -1,0 +1,116 @@
+"""STFT / IPD / ILD against brute-force numpy and closed-form cases."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from spatialsep_jax import features
+
+N_FFT, HOP = 64, 10
+
+
+def numpy_stft(x, n_fft, hop, n_frames, center_offset=0):
+  """Explicit frames centred on l * hop + center_offset, zero outside, periodic Hann."""
+  window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)
+  out = np.zeros((x.shape[0], n_frames, n_fft // 2 + 1), np.complex128)
+  for l in range(n_frames):
+    frame = np.zeros((x.shape[0], n_fft))
+    for n in range(n_fft):
+      sample = l * hop + center_offset - n_fft // 2 + n
+      if 0 <= sample < x.shape[1]:
+        frame[:, n] = x[:, sample]
+    out[:, l] = np.fft.rfft(frame * window, axis=-1)
+  return out
+
+
+def random_mixture(num_samples=203, channels=2, seed=0):
+  return np.random.default_rng(seed).standard_normal((2, num_samples, channels)).astype(np.float32)
+
+
+@pytest.mark.parametrize("center_offset", [0, 3])
+def test_stft_matches_brute_force_numpy(center_offset):
+  x = random_mixture()[..., 0]
+  n_frames = features.encoder_num_frames(x.shape[1])
+  got = features.stft(jnp.asarray(x), N_FFT, HOP, n_frames, center_offset)
+  assert got.shape == (2, n_frames, N_FFT // 2 + 1) and got.dtype == jnp.complex64
+  np.testing.assert_allclose(got, numpy_stft(x, N_FFT, HOP, n_frames, center_offset),
+                             atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("num_samples", [80, 203, 1000, 1001, 32000])
+def test_frame_count_equals_encoder_frames(num_samples):
+  encoder_frames = jax.lax.conv_general_dilated(
+      jnp.zeros((1, num_samples, 1)), jnp.zeros((21, 1, 4)), (10,), [(10, 10)],
+      dimension_numbers=("NWC", "WIO", "NWC")).shape[1]
+  assert features.encoder_num_frames(num_samples) == encoder_frames
+  mixture = jnp.zeros((1, num_samples, 2))
+  assert features.ipd(mixture, n_fft=N_FFT, hop=HOP).shape[1] == encoder_frames
+
+
+def test_stft_frame_is_centred_on_encoder_frame():
+  num_samples, frame = 400, 17
+  impulse = np.zeros((1, num_samples), np.float32)
+  impulse[0, HOP * frame] = 1.0
+  # Encoder frame l with kernel 21 / padding 10: its centre tap (10) reads sample 10 l.
+  centre_tap = jnp.zeros((21, 1, 1)).at[10, 0, 0].set(1.0)
+  encoded = jax.lax.conv_general_dilated(
+      jnp.asarray(impulse)[..., None], centre_tap, (10,), [(10, 10)],
+      dimension_numbers=("NWC", "WIO", "NWC"))[0, :, 0]
+  assert int(jnp.argmax(encoded)) == frame
+  spectrum = features.stft(jnp.asarray(impulse), N_FFT, HOP, features.encoder_num_frames(num_samples))
+  # The Hann window peaks (value 1) at index n_fft // 2, the frame centre.
+  np.testing.assert_allclose(np.abs(spectrum[0, frame]), 1.0, atol=1e-6)
+  assert float(jnp.abs(spectrum[0, frame - 4]).max()) < 1.0
+
+
+def test_ipd_ild_match_numpy():
+  mixture = random_mixture(channels=3, seed=1)
+  n_frames = features.encoder_num_frames(mixture.shape[1])
+  spec_i = numpy_stft(mixture[..., 2], N_FFT, HOP, n_frames)
+  spec_j = numpy_stft(mixture[..., 0], N_FFT, HOP, n_frames)
+  want_ipd = np.angle(spec_i * np.conj(spec_j))
+  got_ipd = features.ipd(jnp.asarray(mixture), (2, 0), N_FFT, HOP, n_frames)
+  # Compare phases on the circle (a wrap at +-pi is not an error).
+  np.testing.assert_allclose(np.exp(1j * np.asarray(got_ipd)), np.exp(1j * want_ipd), atol=1e-3)
+  want_ild = np.clip(20 * np.log10((np.abs(spec_i) + 1e-8) / (np.abs(spec_j) + 1e-8)), -12, 12)
+  got_ild = features.ild(jnp.asarray(mixture), (2, 0), N_FFT, HOP, n_frames, ild_clip_db=12.0)
+  np.testing.assert_allclose(got_ild, want_ild, atol=1e-3)
+  cos_sin = features.ipd_cos_sin(jnp.asarray(mixture), (2, 0), N_FFT, HOP, n_frames)
+  num_bins = N_FFT // 2 + 1
+  assert cos_sin.shape == (2, n_frames, 2 * num_bins)
+  np.testing.assert_allclose(cos_sin[..., :num_bins], np.cos(want_ipd), atol=1e-3)
+  np.testing.assert_allclose(cos_sin[..., num_bins:], np.sin(want_ipd), atol=1e-3)
+
+
+def test_scaled_copy_has_zero_ipd_and_constant_ild():
+  left = random_mixture(channels=1, seed=2)
+  mixture = jnp.asarray(np.concatenate([left, 0.5 * left], axis=-1))
+  np.testing.assert_allclose(features.ipd(mixture, n_fft=N_FFT, hop=HOP), 0.0, atol=1e-5)
+  np.testing.assert_allclose(features.ild(mixture, n_fft=N_FFT, hop=HOP),
+                             20 * np.log10(2.0), atol=1e-3)
+  silent_right = mixture.at[..., 1].set(0.0)
+  assert float(features.ild(silent_right, n_fft=N_FFT, hop=HOP, ild_clip_db=30.0).min()) == 30.0
+
+
+def test_spatial_features_concatenates_kinds_and_jits():
+  mixture = jnp.asarray(random_mixture(seed=3))
+  n_frames = features.encoder_num_frames(mixture.shape[1])
+  kinds = ("ipd", "ild", "ipd_cossin")
+  compute = jax.jit(lambda m: features.spatial_features(m, kinds, (0, 1), N_FFT, HOP, n_frames))
+  stacked = compute(mixture)
+  num_bins = N_FFT // 2 + 1
+  assert stacked.shape == (2, n_frames, 4 * num_bins) and stacked.dtype == jnp.float32
+  np.testing.assert_allclose(stacked[..., :num_bins],
+                             features.ipd(mixture, (0, 1), N_FFT, HOP, n_frames), atol=1e-5)
+  np.testing.assert_allclose(stacked[..., num_bins:2 * num_bins],
+                             features.ild(mixture, (0, 1), N_FFT, HOP, n_frames), atol=1e-4)
+  np.testing.assert_allclose(stacked[..., 2 * num_bins:],
+                             features.ipd_cos_sin(mixture, (0, 1), N_FFT, HOP, n_frames), atol=1e-5)
+
+
+def test_bad_inputs_raise():
+  with pytest.raises(ValueError, match="unknown spatial feature"):
+    features.spatial_features(jnp.zeros((1, 100, 2)), ("itd",), n_fft=N_FFT)
+  with pytest.raises(ValueError, match="feature_pair"):
+    features.ipd(jnp.zeros((1, 100, 2)), (0, 2), n_fft=N_FFT)

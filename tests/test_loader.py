@@ -1,0 +1,198 @@
+"""tf.data and Grain loaders: identical batches, channel selection, resume, slicing, remixing."""
+
+import functools
+
+import numpy as np
+import pytest
+
+from configs import base
+from data_pipeline import loader, render, shards
+from tests.test_shards import CHANNELS, SEGMENT, fake_example, manifest_extra
+
+NUM_TRAIN, NUM_VAL = 10, 7
+
+
+def make_config(**data_overrides):
+  config = base.get_base_config("smoke")
+  config.data.segment_seconds = SEGMENT / config.data.sample_rate
+  config.data.input_channels = ("R_front", "L_tmic")
+  config.data.target = "reverberant"
+  config.seed = 3
+  for key, value in data_overrides.items():
+    config.data[key] = value
+  return config
+
+
+@pytest.fixture(scope="module")
+def shards_dir(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp("shards"))
+  render.render_dataset(path, {"train": NUM_TRAIN, "val": NUM_VAL}, 3,
+                        functools.partial(fake_example, store_images=True),
+                        manifest_extra(store_images=True), "hash", num_workers=0, progress=False)
+  return path
+
+
+def take(batches, count):
+  return [next(batches) for _ in range(count)]
+
+
+def assert_batches_equal(first, second):
+  assert len(first) == len(second)
+  for a, b in zip(first, second):
+    assert set(a) == set(b)
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+      assert a[key].dtype == b[key].dtype, key
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_backends_yield_identical_batches(shards_dir, train):
+  per_backend = []
+  for backend in ("tfdata", "grain"):
+    config = make_config(loader=backend)
+    batches = loader.make_loader(config, shards_dir, "train" if train else "val", train=train,
+                                 batch_size=4, process_index=0, process_count=1)
+    assert batches.backend == backend
+    per_backend.append(take(batches, 7) if train else list(batches))
+  assert_batches_equal(*per_backend)
+
+
+def test_batch_matches_records_and_channel_selection(shards_dir):
+  config = make_config(loader="grain")
+  batch = next(loader.make_loader(config, shards_dir, "train", train=True, batch_size=4,
+                                  process_index=0, process_count=1))
+  ids = batch["example_id"]
+  np.testing.assert_array_equal(ids, loader.epoch_permutation(config.seed, 0, NUM_TRAIN)[:4])
+  assert batch["mixture"].shape == (4, SEGMENT, 2) and batch["mixture"].dtype == np.float32
+  assert batch["sources"].shape == (4, 2, SEGMENT) and batch["noise"].shape == (4, SEGMENT)
+  channels = [CHANNELS.index(c) for c in config.data.input_channels]
+  for i, example_id in enumerate(ids):
+    record = fake_example("train", int(example_id))
+    np.testing.assert_array_equal(batch["mixture"][i], record["mixture"][:, channels].astype(np.float32))
+    np.testing.assert_array_equal(batch["sources"][i], record["reverberant"].astype(np.float32))
+    np.testing.assert_array_equal(batch["noise"][i], record["noise"].astype(np.float32))
+    for key in ("azimuth_deg", "speaker_index", "rt60", "snr_db", "f0_hz"):
+      np.testing.assert_array_equal(batch[key][i], record[key])
+
+
+def test_training_order_is_epoch_permutations_without_remainder():
+  n, b = 10, 4
+  indices = [loader.batch_example_indices(k, n, b, train=True, seed=5) for k in range(6)]
+  for epoch in range(3):
+    permutation = np.random.default_rng([5, epoch]).permutation(n)
+    np.testing.assert_array_equal(np.concatenate(indices[2 * epoch:2 * epoch + 2]), permutation[:8])
+  with pytest.raises(ValueError, match="exceeds"):
+    loader.batch_example_indices(0, 3, 4, train=True, seed=0)
+
+
+@pytest.mark.parametrize("backend", ["tfdata", "grain"])
+@pytest.mark.parametrize("train", [True, False])
+def test_resume_at_batch_k(shards_dir, backend, train):
+  config = make_config(loader=backend)
+  split = "train" if train else "val"
+  uninterrupted = loader.make_loader(config, shards_dir, split, train=train, batch_size=2,
+                                     process_index=0, process_count=1)
+  reference = take(uninterrupted, 4)
+  first = loader.make_loader(config, shards_dir, split, train=train, batch_size=2,
+                             process_index=0, process_count=1)
+  take(first, 2)
+  state = first.get_state()
+  assert state == {"next_batch": 2}
+  resumed = loader.make_loader(config, shards_dir, split, train=train, batch_size=2,
+                               start_batch=state["next_batch"], process_index=0, process_count=1)
+  assert_batches_equal(take(resumed, 2), reference[2:])
+  assert resumed.get_state() == {"next_batch": 4}
+
+
+def test_process_slices_cover_the_global_batch(shards_dir):
+  global_indices = np.arange(100, 112)
+  parts = [loader.process_slice(global_indices, 12, p, 3) for p in range(3)]
+  np.testing.assert_array_equal(np.concatenate(parts), global_indices)
+  with pytest.raises(ValueError, match="divisible"):
+    loader.process_slice(global_indices, 12, 0, 5)
+
+  config = make_config(loader="grain")
+  for train, split in ((True, "train"), (False, "val")):
+    whole = list(zip(range(3), loader.make_loader(config, shards_dir, split, train=train,
+                                                  batch_size=4, process_index=0, process_count=1)))
+    per_process = [list(zip(range(3), loader.make_loader(
+        config, shards_dir, split, train=train, batch_size=4, process_index=p, process_count=2)))
+        for p in range(2)]
+    for k, batch in whole:
+      together = np.concatenate([per_process[p][k][1]["example_id"] for p in range(2)])
+      np.testing.assert_array_equal(together, batch["example_id"])
+      for p in range(2):
+        assert len(per_process[p][k][1]["example_id"]) <= 2
+
+
+@pytest.mark.parametrize("backend", ["tfdata", "grain"])
+def test_eval_pass_covers_every_example_once(shards_dir, backend):
+  config = make_config(loader=backend)
+  batches = list(loader.make_loader(config, shards_dir, "val", train=False, batch_size=3,
+                                    process_index=0, process_count=1))
+  assert [len(b["example_id"]) for b in batches] == [3, 3, 1]
+  np.testing.assert_array_equal(np.concatenate([b["example_id"] for b in batches]),
+                                np.arange(NUM_VAL))
+
+
+@pytest.mark.parametrize("target", ["reverberant", "direct"])
+def test_dynamic_mixing_sums_consistently(shards_dir, target):
+  config = make_config(loader="grain", dynamic_mixing=True, target=target,
+                       input_channels=CHANNELS)
+  batches = loader.make_loader(config, shards_dir, "train", train=True, batch_size=4,
+                               process_index=0, process_count=1)
+  batch, again = next(batches), next(loader.make_loader(
+      config, shards_dir, "train", train=True, batch_size=4, process_index=0, process_count=1))
+  assert_batches_equal([batch], [again])  # deterministic
+  ref = CHANNELS.index(config.data.reference_mic)
+  ids = loader.batch_example_indices(0, NUM_TRAIN, 4, train=True, seed=config.seed)
+  records = [fake_example("train", int(i), store_images=True) for i in ids]
+  # Brute force: find which record each source came from and its gain, then rebuild.
+  for i in range(4):
+    own_noise = (records[i]["mixture"].astype(np.float32)
+                 - records[i]["images"].astype(np.float32).sum(0))
+    rebuilt = own_noise.copy()
+    for s in range(2):
+      candidates = [r["images"][s].astype(np.float32) for r in records]
+      targets = [c[:, ref] if target == "reverberant" else r["direct"][s].astype(np.float32)
+                 for c, r in zip(candidates, records)]
+      ratios = [np.dot(batch["sources"][i, s], t) / np.dot(t, t) for t in targets]
+      errors = [np.abs(batch["sources"][i, s] - g * t).max() for g, t in zip(ratios, targets)]
+      donor = int(np.argmin(errors))
+      assert errors[donor] < 1e-5
+      assert s > 0 or (donor == i and np.isclose(ratios[donor], 1.0))
+      rebuilt += ratios[donor] * candidates[donor]
+    np.testing.assert_allclose(batch["mixture"][i], rebuilt, atol=1e-5)
+  if target == "reverberant":
+    np.testing.assert_allclose(batch["mixture"][..., ref],
+                               batch["sources"].sum(1) + batch["noise"], atol=1e-6)
+  assert batch["tir_db"].min() >= -5 and batch["tir_db"].max() <= 5
+
+
+def test_dynamic_mixing_needs_images(tmp_path):
+  render.render_dataset(str(tmp_path), {"train": 4}, 4, functools.partial(fake_example),
+                        manifest_extra(), "h", num_workers=0, progress=False)
+  with pytest.raises(ValueError, match="store_images"):
+    loader.make_loader(make_config(dynamic_mixing=True), str(tmp_path), "train", train=True,
+                       process_index=0, process_count=1)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("sample_rate", 16000, "sample_rate"),
+    ("segment_seconds", 1.0, "samples per segment"),
+    ("num_sources", 3, "num_sources"),
+    ("input_channels", ("L_front", "chin"), "chin"),
+    ("reference_mic", "R_tmic", "reference mic"),
+    ("target", "dry", "dry"),
+])
+def test_check_manifest_names_the_mismatch(shards_dir, field, value, message):
+  manifest = shards.read_manifest(shards_dir)
+  loader.check_manifest(make_config(), manifest)
+  with pytest.raises(ValueError, match=message):
+    loader.check_manifest(make_config(**{field: value}), manifest)
+
+
+def test_auto_backend_prefers_tfdata_when_importable():
+  assert loader.resolve_backend("auto") == "tfdata"
+  with pytest.raises(ValueError, match="data.loader"):
+    loader.resolve_backend("torch")

@@ -1,0 +1,186 @@
+"""Record codec, atomic shard writing, manifest checks, TFDS readability."""
+
+import json
+import os
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+import pytest
+
+from data_pipeline import shards
+
+CHANNELS = ("L_front", "L_back", "L_tmic", "R_front", "R_back", "R_tmic")
+SEGMENT = 48
+SOURCES = 2
+
+
+def fake_example(split: str, index: int, segment_samples: int = SEGMENT,
+                 num_sources: int = SOURCES, num_channels: int = 6,
+                 store_images: bool = False, noise: bool = True) -> dict:
+  """A deterministic record of the DESIGN.md shape whose mixture is consistent with its parts.
+
+  mixture[:, m] = sum_s images[s, :, m] + noise_m, with the reference mic (index 2)
+  noise equal to `noise`; reverberant[s] = images[s, :, 2].
+  """
+  rng = np.random.default_rng((index, zlib.crc32(split.encode())))
+  t, s, m = segment_samples, num_sources, num_channels
+  images = (0.1 * rng.standard_normal((s, t, m))).astype(np.float16)
+  noise_multi = (0.01 * rng.standard_normal((t, m)) * noise).astype(np.float16)
+  mixture = (images.astype(np.float32).sum(0) + noise_multi).astype(np.float16)
+  record = dict(
+      mixture=mixture,
+      reverberant=images[:, :, 2].copy(),
+      direct=(0.5 * images[:, :, 2]).astype(np.float16),
+      noise=noise_multi[:, 2].copy(),
+      azimuth_deg=rng.uniform(0, 360, s).astype(np.float32),
+      distance_m=rng.uniform(1, 2, s).astype(np.float32),
+      separation_deg=np.float32(rng.uniform(0, 180)),
+      room_dims=rng.uniform(3, 8, 3).astype(np.float32),
+      rt60=np.float32(rng.uniform(0.2, 0.8)),
+      drr_db=rng.normal(size=s).astype(np.float32),
+      tir_db=np.float32(rng.uniform(-5, 5)),
+      snr_db=np.float32(rng.uniform(0, 15) if noise else np.inf),
+      speaker_index=rng.integers(0, 10, s).astype(np.int32),
+      speaker_sex=rng.integers(-1, 2, s).astype(np.int32),
+      f0_hz=np.array([np.nan] + [120.0] * (s - 1), np.float32),
+      example_id=np.int64(index))
+  if store_images:
+    record["images"] = images
+  return record
+
+
+def manifest_extra(segment_samples=SEGMENT, store_images=False, **overrides):
+  extra = dict(sample_rate=8000, segment_samples=segment_samples, channel_names=list(CHANNELS),
+               reference_mic="L_tmic", num_sources=SOURCES, store_images=store_images,
+               speakers=[dict(id=f"spk{i}", sex=i % 2, f0=100.0 + i) for i in range(10)])
+  extra.update(overrides)
+  return extra
+
+
+def spec(store_images=False):
+  return shards.record_spec(SEGMENT, SOURCES, len(CHANNELS), store_images)
+
+
+def assert_records_equal(a, b):
+  assert set(a) == set(b)
+  for key in a:
+    np.testing.assert_array_equal(np.asarray(a[key]), np.asarray(b[key]), err_msg=key)
+    assert np.asarray(a[key]).dtype == np.asarray(b[key]).dtype, key
+
+
+@pytest.mark.parametrize("store_images", [False, True])
+def test_codec_round_trip_is_exact(store_images):
+  record = fake_example("train", 3, store_images=store_images)
+  data = shards.encode_record(record, spec(store_images))
+  decoded = shards.decode_record(data, spec(store_images))
+  assert_records_equal(decoded, record)
+  assert np.isinf(decoded["snr_db"]) == np.isinf(record["snr_db"])
+  assert shards.encode_record(record, spec(store_images)) == data  # deterministic bytes
+
+
+def test_codec_matches_tfds_numpy_decoder():
+  record = fake_example("val", 5)
+  data = shards.encode_record(record, spec())
+  tfds_decoded = shards.tfds_features(spec()).deserialize_example_np(data)
+  assert_records_equal({k: np.asarray(v) for k, v in tfds_decoded.items()}, record)
+
+
+def test_codec_rejects_wrong_shape_and_keys():
+  record = fake_example("train", 0)
+  record["mixture"] = record["mixture"][:, :4]
+  with pytest.raises(ValueError, match="mixture"):
+    shards.encode_record(record, spec())
+  record = fake_example("train", 0)
+  del record["noise"]
+  with pytest.raises(ValueError, match="noise"):
+    shards.encode_record(record, spec())
+
+
+def test_write_shard_is_atomic_and_readable(tmp_path):
+  path = shards.shard_path(str(tmp_path), "train", 0, 1)
+  records = [shards.encode_record(fake_example("train", i), spec()) for i in range(3)]
+
+  def failing():
+    yield records[0]
+    raise KeyboardInterrupt
+
+  with pytest.raises(KeyboardInterrupt):
+    shards.write_shard(path, failing())
+  assert not os.path.exists(path) and os.path.exists(path + shards.PARTIAL_SUFFIX)
+  assert shards.remove_partial_shards(str(tmp_path)) == [path + shards.PARTIAL_SUFFIX]
+  assert shards.write_shard(path, iter(records)) == 3
+  import grain
+  source = grain.sources.ArrayRecordDataSource([path])
+  assert [source[i] for i in range(3)] == records
+
+
+def test_manifest_refuses_other_config_hash(tmp_path):
+  extra = manifest_extra()
+  manifest = shards.prepare_manifest(str(tmp_path), "hashA", {"train": 4}, 2, extra)
+  assert [s["file"] for s in manifest["splits"]["train"]] == [
+      "train/spatialsep-train.array_record-00000-of-00002",
+      "train/spatialsep-train.array_record-00001-of-00002"]
+  # No complete shard yet: another hash may take the directory over.
+  manifest = shards.prepare_manifest(str(tmp_path), "hashB", {"train": 4}, 2, extra)
+  shards.write_shard(os.path.join(str(tmp_path), manifest["splits"]["train"][0]["file"]), iter([]))
+  manifest["splits"]["train"][0]["complete"] = True
+  shards.write_manifest(str(tmp_path), manifest)
+  with pytest.raises(ValueError, match="pick another data.shards_dir"):
+    shards.prepare_manifest(str(tmp_path), "hashC", {"train": 4}, 2, extra)
+  resumed = shards.prepare_manifest(str(tmp_path), "hashB", {"train": 4}, 2, extra)
+  assert [s["complete"] for s in resumed["splits"]["train"]] == [True, False]
+
+
+def test_manifest_requires_fields():
+  extra = manifest_extra()
+  del extra["sample_rate"]
+  with pytest.raises(ValueError, match="sample_rate"):
+    shards.new_manifest("h", {"train": 2}, 2, extra)
+  with pytest.raises(ValueError, match="reference_mic"):
+    shards.new_manifest("h", {"train": 2}, 2, manifest_extra(reference_mic="nose"))
+
+
+NO_TF_SCRIPT = r"""
+import site, sys
+site.addsitedir(sys.argv[2])
+import numpy as np
+import tensorflow_datasets as tfds
+from data_pipeline import shards
+source = tfds.builder_from_directory(sys.argv[1]).as_data_source("val")
+manifest, raw = shards.open_split(sys.argv[1], "val")
+spec = shards.spec_from_manifest(manifest)
+for i in range(len(source)):
+  mine = shards.decode_record(raw[i], spec)
+  assert set(mine) == set(source[i])
+  for key in mine:
+    np.testing.assert_array_equal(mine[key], np.asarray(source[i][key]))
+assert "tensorflow" not in sys.modules
+print("ok", len(source))
+"""
+
+
+def test_tfds_reads_rendered_shards_without_tensorflow(tmp_path):
+  from data_pipeline import render
+  import functools
+  render.render_dataset(str(tmp_path), {"val": 5}, 2, functools.partial(fake_example),
+                        manifest_extra(), "hash", num_workers=0, progress=False)
+  for name in ("dataset_info.json", "features.json", "manifest.json"):
+    assert os.path.exists(tmp_path / name)
+  manifest = json.loads((tmp_path / "manifest.json").read_text())
+  assert manifest["counts"] == {"val": 5}
+  assert [s["num_examples"] for s in manifest["splits"]["val"]] == [2, 2, 1]
+  # A site-packages without TensorFlow, as on the GPU hosts: links to everything else.
+  no_tf_site = tmp_path / "site_without_tf"
+  no_tf_site.mkdir()
+  site_packages = os.path.dirname(os.path.dirname(np.__file__))
+  for name in os.listdir(site_packages):
+    if name == "tensorflow" or name.startswith(("tensorflow-", "tensorflow_cpu", "tensorflow_io")):
+      continue
+    os.symlink(os.path.join(site_packages, name), no_tf_site / name)
+  result = subprocess.run([sys.executable, "-S", "-c", NO_TF_SCRIPT, str(tmp_path), str(no_tf_site)],
+                          capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)),
+                          timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.strip() == "ok 5"

@@ -1,0 +1,168 @@
+"""The trainer: resume equals an uninterrupted run, SIGTERM checkpoints, NaN steps are skipped,
+data parallelism over 4 (fake) devices equals one device, config errors fail early."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from configs import ild_ipd, mono
+from spatialsep_jax import config_checks, summary, train
+from tests.conftest import ROOT, smoke_config
+
+
+def _losses(workdir):
+  return {row["step"]: row["loss"] for row in summary.read_metrics(os.path.join(workdir, "logs"))
+          if "loss" in row}
+
+
+def _config(smoke_dataset, **overrides):
+  shards, cache = smoke_dataset
+  defaults = dict(train__log_every=1, train__eval_every=3, train__checkpoint_every=3,
+                  optim__decay_every_steps=2)
+  return smoke_config(ild_ipd, shards, cache, **{**defaults, **overrides})
+
+
+def test_resumed_run_continues_like_an_uninterrupted_one(smoke_dataset, tmp_path):
+  straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+  result = train.train_and_evaluate(_config(smoke_dataset, train__num_steps=6), straight,
+                                    progress=False)
+  assert result["step"] == 6 and np.isfinite(result["best"]["val_loss"])
+  train.train_and_evaluate(_config(smoke_dataset, train__num_steps=3), resumed, progress=False)
+  train.train_and_evaluate(_config(smoke_dataset, train__num_steps=6), resumed, progress=False)
+  a, b = _losses(straight), _losses(resumed)
+  assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]
+  np.testing.assert_allclose([b[s] for s in (4, 5, 6)], [a[s] for s in (4, 5, 6)], rtol=1e-6)
+  # Checkpoints: the latest and best managers both hold steps; config saved once.
+  assert os.listdir(os.path.join(resumed, "checkpoints", "latest"))
+  assert os.listdir(os.path.join(resumed, "checkpoints", "best"))
+  assert json.load(open(os.path.join(resumed, "config.json")))["name"] == "ild_ipd"
+
+
+def test_workdir_of_another_config_is_refused(smoke_dataset, tmp_path):
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(_config(smoke_dataset, train__num_steps=1), workdir, progress=False)
+  with pytest.raises(ValueError, match="different configuration"):
+    train.train_and_evaluate(_config(smoke_dataset, train__num_steps=1, optim__learning_rate=0.5),
+                             workdir, progress=False)
+
+
+def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes(smoke_dataset, tmp_path):
+  shards, cache = smoke_dataset
+  workdir = str(tmp_path / "run")
+  command = [sys.executable, os.path.join(ROOT, "launch", "train.py"),
+             "--config=" + os.path.join(ROOT, "configs", "mono.py") + ":smoke",
+             f"--config.data.shards_dir={shards}", f"--config.data.cache_dir={cache}",
+             "--config.train.num_steps=100000", "--config.train.log_every=1",
+             "--config.train.checkpoint_every=100000", "--config.train.eval_every=100000",
+             f"--workdir={workdir}"]
+  process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
+  deadline = time.time() + 240
+  while time.time() < deadline and len(_losses(workdir)) < 3 and process.poll() is None:
+    time.sleep(0.5)
+  assert process.poll() is None, process.stdout.read()
+  process.send_signal(signal.SIGTERM)
+  output = process.communicate(timeout=120)[0]
+  assert process.returncode == 0, output
+  assert "checkpoint saved at step" in output
+  steps = os.listdir(os.path.join(workdir, "checkpoints", "latest"))
+  saved = max(int(s) for s in steps if s.isdigit())
+  assert saved >= 3
+  rerun = subprocess.run(command[:-6] + ["--config.train.num_steps=" + str(saved + 1),
+                                         "--config.train.log_every=1", f"--workdir={workdir}"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+  assert f"Resuming from step {saved}" in rerun.stdout
+
+
+def test_nonfinite_step_is_skipped_and_counted(smoke_dataset):
+  config = _config(smoke_dataset)
+  programs = train.build_programs(config)
+  state = programs.init(jax.random.key(0))
+  params_before = jax.device_get(state.params)
+  rng = np.random.default_rng(0)
+  samples = train.example_input_shape(config)[1]
+  good = {"mixture": rng.normal(size=(4, samples, 2)).astype(np.float32),
+          "sources": rng.normal(size=(4, 2, samples)).astype(np.float32),
+          "mixture_reference": rng.normal(size=(4, samples)).astype(np.float32)}
+  bad = dict(good, mixture=np.full_like(good["mixture"], np.nan))
+  state, metrics = programs.train_step(state, train.step_inputs(bad, programs.mesh))
+  assert int(metrics["nonfinite_in_a_row"]) == 1 and int(state.step) == 1
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), params_before)
+  state, metrics = programs.train_step(state, train.step_inputs(good, programs.mesh))
+  assert int(metrics["nonfinite_in_a_row"]) == 0 and np.isfinite(float(metrics["loss"]))
+  changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), jax.device_get(state.params),
+                         params_before)
+  assert any(jax.tree.leaves(changed))
+
+
+_SHARDED_SCRIPT = r"""
+import jax, numpy as np
+from configs import mono
+from spatialsep_jax import sharding, train
+assert jax.device_count() == 4, jax.devices()
+config = mono.get_config("smoke")
+rng = np.random.default_rng(0)
+T = train.example_input_shape(config)[1]
+batch = {"mixture": rng.normal(size=(4, T, 1)).astype(np.float32),
+         "sources": rng.normal(size=(4, 2, T)).astype(np.float32)}
+out = {}
+for name, devices in (("one", jax.devices()[:1]), ("four", jax.devices())):
+  programs = train.build_programs(config, sharding.make_mesh(devices))
+  state = programs.init(jax.random.key(0))
+  inputs = train.step_inputs(batch, programs.mesh)
+  assert len(inputs["mixture"].sharding.device_set) == len(devices)
+  state, metrics = programs.train_step(state, inputs)
+  out[name] = (float(metrics["loss"]), jax.device_get(state.params))
+np.testing.assert_allclose(out["one"][0], out["four"][0], rtol=1e-5)
+jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+             out["one"][1], out["four"][1])
+try:
+  bad = mono.get_config("smoke"); bad.train.batch_size = 6
+  train.config_checks.check_config(bad, num_devices=4)
+except train.config_checks.ConfigError as e:
+  print("CONFIG_ERROR", e)
+print("SHARDED_OK")
+"""
+
+
+def test_four_device_data_parallel_step_equals_one_device():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             JAX_PLATFORMS="cpu")
+  result = subprocess.run([sys.executable, "-c", _SHARDED_SCRIPT], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+  assert "SHARDED_OK" in result.stdout, result.stdout + result.stderr
+  assert "CONFIG_ERROR config.train.batch_size=6 is not divisible by the 4 devices" in result.stdout
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(data__input_channels=("L_tmic", "X_mic")), "channel 'X_mic'"),
+    (dict(data__input_channels=("L_tmic",)), "needs two input channels"),
+    (dict(model__feature_pair=(0, 0)), "feature_pair"),
+    (dict(loss__name="l1"), "config.loss.name"),
+    (dict(train__batch_size=0), "config.train.batch_size"),
+])
+def test_config_errors_name_the_field(overrides, message):
+  config = ild_ipd.get_config("smoke")
+  for dotted, value in overrides.items():
+    section, field = dotted.split("__")
+    config[section][field] = value
+  with pytest.raises(config_checks.ConfigError, match=message):
+    config_checks.check_config(config, num_devices=1)
+
+
+def test_unknown_config_field_fails_on_the_command_line(tmp_path):
+  result = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "launch", "train.py"),
+       "--config=" + os.path.join(ROOT, "configs", "mono.py") + ":smoke",
+       "--config.train.no_such_field=3", f"--workdir={tmp_path}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert result.returncode != 0
+  assert "no_such_field" in result.stderr
