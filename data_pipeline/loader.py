@@ -162,7 +162,8 @@ class BatchAssembler:
     s = self.manifest["num_sources"]
     signature = {"mixture": ((None, t, len(self.input_channels)), np.dtype(np.float32)),
                  "sources": ((None, s, t), np.dtype(np.float32)),
-                 "noise": ((None, t), np.dtype(np.float32))}
+                 "noise": ((None, t), np.dtype(np.float32)),
+                 "mixture_reference": ((None, t), np.dtype(np.float32))}
     for key in self.metadata_keys:
       shape, dtype = self.spec[key]
       signature[key] = ((None,) + shape, dtype)
@@ -190,6 +191,7 @@ class BatchAssembler:
       batch["mixture"][i] = record["mixture"][:, self.input_channels]
       batch["sources"][i] = record[self.target]
       batch["noise"][i] = record["noise"]
+      batch["mixture_reference"][i] = record["mixture"][:, self.reference_channel]
       for key in self.metadata_keys:
         batch[key][i] = record[key]
     return batch
@@ -232,7 +234,8 @@ class BatchAssembler:
       sources = direct[donors, np.arange(s)[None, :]] * gains[:, :, None]
 
     batch = {"mixture": np.ascontiguousarray(mixture[..., self.input_channels]),
-             "sources": sources.astype(np.float32), "noise": noise[..., ref]}
+             "sources": sources.astype(np.float32), "noise": noise[..., ref],
+             "mixture_reference": mixture[..., ref]}
     for key in self.metadata_keys:
       values = np.stack([r[key] for r in records])
       if key in PER_SOURCE_KEYS:

@@ -19,7 +19,7 @@ U-ConvBlock (bottleneck D, block channels C):
   y = PReLU(GLN(1x1 conv D -> C)(x))
   levels = [GLN(dw_conv_k5_s1(y))] then depth - 1 times GLN(dw_conv_k5_s2(previous))
   from the coarsest: finer += nearest_x2(coarser)
-  out = PReLU(GLN(1x1 conv C -> D (GLN(finest), PReLU) + GLN) + x))
+  out = PReLU(GLN(GLN(1x1 conv C -> D (PReLU(GLN(finest)))) + x))
 i.e. `... 1x1 conv C->D + GLN; residual; GLN + PReLU` as SPEC.md says.
 
 Fusion of explicit features (`features` non-empty, needs two input channels):
