@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# One accelerator session of the study (used through the device tool; see README "GPU runs").
+# Usage: bash launch/device_study.sh <configs comma-separated> <train examples> <steps>
+# Installs carried wheels, renders the shared data, trains + evaluates the configs two at a
+# time, tries separate.py, and packs the small results into $OUT/results.tar.gz.
+set -u
+CONFIGS=$1; NTRAIN=${2:-8000}; STEPS=${3:-2000}
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_MEM_FRACTION=0.45
+python3 -m pip install -q --no-build-isolation --no-deps --target /tmp/site .whl/pesq-*.tar.gz >/dev/null 2>&1 && echo "pesq built" || echo "pesq not built"
+python3 -c "import jax, flax, optax, orbax.checkpoint, grain; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, jax.devices())"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+STUDY=/tmp/study
+SETS="${EXTRA_SETS:-} --set=data.num_examples.train=$NTRAIN --set=data.num_examples.val=256 --set=data.num_examples.test=200 --set=data.num_rooms=48 --set=train.num_steps=$STEPS --set=train.eval_batches=16"
+python3 -c "import jax; print(jax.devices())" >/dev/null
+timeout ${STUDY_TIMEOUT:-470} python3 launch/study.py --variant=gpu --workdir=$STUDY --configs=$CONFIGS --parallel=2 $SETS --report_dir=$STUDY/report 2>&1 | grep -v "it/s\]\|ex/s\]\|step/s\]" | tail -40
+for name in ${CONFIGS//,/ }; do tail -5 $STUDY/$name/train.log; done
+cd $STUDY && tar czf $OUT/results.tar.gz --exclude=checkpoints --exclude='*.wav' */config.json */train_summary.json */logs/metrics.jsonl */eval */train.log report 2>/dev/null; ls -la $OUT

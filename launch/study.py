@@ -1,0 +1,111 @@
+"""The ablation study: every input configuration trained with the same budget, data and seed,
+then evaluated and compared in one report.
+
+  python launch/study.py --variant=gpu --workdir=runs/study \
+      --configs=mono,unilateral,bilateral,ipd,ild,ild_ipd,ipd_af [--parallel=2] \
+      [--set=train.num_steps=2000 --set=data.num_examples.train=8000]
+
+Stages (each resumable; rerunning skips what is done):
+  1. render the shared shards once (all configurations read the same render);
+  2. train + evaluate each configuration in its own process (`--parallel` at a time),
+     in <workdir>/<config>;
+  3. write the report (markdown + PNG) to <workdir>/report (or --report_dir).
+"""
+
+import ast
+import os
+import subprocess
+import sys
+import time
+
+import common
+from absl import app, flags
+
+flags.DEFINE_string("workdir", "runs/study", "study folder: one sub-folder per configuration")
+flags.DEFINE_list("configs", ["mono", "unilateral", "bilateral", "ipd", "ild", "ild_ipd",
+                              "ipd_af"], "configuration files (configs/<name>.py) to compare")
+flags.DEFINE_string("variant", "", "config variant for every run: '', 'smoke' or 'gpu'")
+flags.DEFINE_multi_string("set", [], "a field override for every run, e.g. train.num_steps=2000")
+flags.DEFINE_integer("parallel", 1, "configurations trained at the same time")
+flags.DEFINE_string("report_dir", None, "where the report goes (default <workdir>/report)")
+flags.DEFINE_bool("report_only", False, "only (re)build the report from finished runs")
+FLAGS = flags.FLAGS
+
+
+def _config_path(name: str) -> str:
+  path = os.path.join(common.ROOT, "configs", f"{name}.py")
+  if not os.path.exists(path):
+    common.fail(f"no configs/{name}.py; --configs takes names of files in configs/")
+  return path
+
+
+def _load(name: str):
+  import importlib
+  module = importlib.import_module(f"configs.{name}")
+  config = module.get_config(FLAGS.variant)
+  for item in FLAGS.set:
+    key, _, value = item.partition("=")
+    node = config
+    *parents, leaf = key.split(".")
+    for part in parents:
+      node = node[part]
+    node[leaf] = (ast.literal_eval(value) if isinstance(node[leaf], (tuple, bool))
+                  else type(node[leaf])(value))
+  return config
+
+
+def _train_command(name: str, workdir: str) -> list[str]:
+  arg = f":{FLAGS.variant}" if FLAGS.variant else ""
+  return ([sys.executable, os.path.join(common.ROOT, "launch", "train.py"),
+           f"--config={_config_path(name)}{arg}", f"--workdir={workdir}"]
+          + [f"--config.{item}" for item in FLAGS.set])
+
+
+def main(argv):
+  del argv
+  common.setup_logging()
+  from data_pipeline import dataset
+  from spatialsep_jax import report
+  root = FLAGS.workdir
+  os.makedirs(root, exist_ok=True)
+  if not FLAGS.report_only:
+    configs = {name: _load(name) for name in FLAGS.configs}
+    fingerprints = {dataset.dataset_fingerprint(c) for c in configs.values()}
+    if len(fingerprints) != 1:
+      common.fail("the configurations render different data; give them the same data.* fields")
+    first = next(iter(configs.values()))
+    dataset.ensure_dataset(first)
+    pending = list(configs)
+    running: dict[str, tuple[subprocess.Popen, object]] = {}
+    failures = []
+    while pending or running:
+      while pending and len(running) < FLAGS.parallel:
+        name = pending.pop(0)
+        workdir = os.path.join(root, name)
+        if os.path.exists(os.path.join(workdir, "eval")) and os.path.exists(
+            os.path.join(workdir, "train_summary.json")):
+          print(f"[study] {name}: already trained and evaluated, skipped")
+          continue
+        os.makedirs(workdir, exist_ok=True)
+        log = open(os.path.join(workdir, "train.log"), "a")
+        print(f"[study] {name}: training -> {workdir} (log: {workdir}/train.log)")
+        running[name] = (subprocess.Popen(_train_command(name, workdir), stdout=log,
+                                          stderr=subprocess.STDOUT, cwd=common.ROOT), log)
+      time.sleep(2)
+      for name, (process, log) in list(running.items()):
+        if process.poll() is not None:
+          log.close()
+          del running[name]
+          status = "done" if process.returncode == 0 else f"FAILED ({process.returncode})"
+          print(f"[study] {name}: {status}")
+          if process.returncode:
+            failures.append(name)
+    if failures:
+      print(f"[study] failed: {failures}; see their train.log")
+  out = FLAGS.report_dir or os.path.join(root, "report")
+  path = report.build_report(root, out, FLAGS.configs)
+  print(f"[study] report: {path}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,152 @@
+"""The study report: one markdown page and PNG plots comparing trained configurations.
+
+Reads, for each configuration folder of a study (`launch/study.py`): `config.json`,
+`train_summary.json`, `logs/metrics.jsonl` and the newest `eval/*/summary.json`.
+"""
+
+import glob
+import json
+import os
+
+import numpy as np
+
+BREAKDOWN_METRIC = "sisdr_improvement"
+
+
+def _load_run(folder: str) -> dict | None:
+  if not os.path.exists(os.path.join(folder, "config.json")):
+    return None
+  run = {"folder": folder, "config": json.load(open(os.path.join(folder, "config.json")))}
+  summary_path = os.path.join(folder, "train_summary.json")
+  run["train"] = json.load(open(summary_path)) if os.path.exists(summary_path) else {}
+  evals = sorted(glob.glob(os.path.join(folder, "eval", "*", "summary.json")), key=os.path.getmtime)
+  run["eval"] = json.load(open(evals[-1])) if evals else None
+  run["eval_dir"] = os.path.dirname(evals[-1]) if evals else None
+  metrics_path = os.path.join(folder, "logs", "metrics.jsonl")
+  run["curve"] = ([json.loads(line) for line in open(metrics_path) if line.strip()]
+                  if os.path.exists(metrics_path) else [])
+  return run
+
+
+def _efficiency(config_dict: dict) -> tuple[int, float]:
+  """(parameters, forward GFLOP per second of audio) of a configuration at its own size."""
+  import ml_collections
+  from spatialsep_jax import models
+  config = ml_collections.ConfigDict(config_dict)
+  params = models.count_params(models.abstract_params(models.build(config), 8000))
+  return params, models.flops_per_second_of_audio(config) / 1e9
+
+
+def _fmt(entry: dict | None, digits: int = 2) -> str:
+  if not entry or entry.get("mean") is None or not np.isfinite(entry["mean"]):
+    return "n/a"
+  lo, hi = entry["ci95"]
+  if np.isfinite(lo):
+    return f"{entry['mean']:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+  return f"{entry['mean']:.{digits}f}"
+
+
+def build_report(root: str, out_dir: str, names: list[str]) -> str:
+  os.makedirs(out_dir, exist_ok=True)
+  runs = {name: _load_run(os.path.join(root, name)) for name in names}
+  runs = {name: run for name, run in runs.items() if run is not None}
+  lines = ["# Spatial cues study: results", "",
+           f"Runs in `{root}`; each configuration trained with the same data, seed and budget "
+           "(see each run's `config.json`). Test figures are means with 95% CIs over mixtures.", ""]
+  lines += ["| config | input channels | features | fusion | params | GFLOP/s audio | steps | "
+            "best val SI-SDRi | test SI-SDRi | test SDRi | test STOI i | test PESQ i | "
+            "vocoded SI-SDRi |", "|" + " --- |" * 13]
+  for name, run in runs.items():
+    cfg = run["config"]["config"]
+    params, gflops = _efficiency(cfg)
+    run["params"], run["gflops"] = params, gflops
+    overall = (run["eval"] or {}).get("overall", {})
+    best = run["train"].get("best", {})
+    lines.append(
+        f"| {name} | {', '.join(cfg['data']['input_channels'])} | "
+        f"{', '.join(cfg['model']['features']) or '-'} | {cfg['model']['fusion']} | {params:,} | "
+        f"{gflops:.2f} | {run['train'].get('step', 'n/a')} | "
+        f"{best.get('val_sisdri', float('nan')):.2f} | {_fmt(overall.get('sisdr_improvement'))} | "
+        f"{_fmt(overall.get('sdr_improvement'))} | {_fmt(overall.get('stoi_improvement'), 3)} | "
+        f"{_fmt(overall.get('pesq_improvement'))} | "
+        f"{_fmt(overall.get('vocoded_sisdr_improvement'))} |")
+  lines.append("")
+  for group, title in (("separation", "angular separation of the talkers"),
+                       ("front_back", "front-back (cone of confusion)"),
+                       ("sex_pair", "voice similarity: sex pairing"),
+                       ("f0_distance", "voice similarity: F0 distance"),
+                       ("rt60", "reverberation"), ("tir", "target-to-interferer ratio")):
+    bins = []
+    for run in runs.values():
+      for name in ((run["eval"] or {}).get("breakdowns", {}).get(group, {})):
+        if name not in bins:
+          bins.append(name)
+    if not bins:
+      continue
+    lines += [f"### Test SI-SDRi (dB) by {title}", "",
+              "| config | " + " | ".join(bins) + " |", "|" + " --- |" * (len(bins) + 1)]
+    for name, run in runs.items():
+      groups = (run["eval"] or {}).get("breakdowns", {}).get(group, {})
+      lines.append(f"| {name} | " + " | ".join(
+          _fmt(groups.get(b, {}).get(BREAKDOWN_METRIC)) + f" (n={groups.get(b, {}).get(BREAKDOWN_METRIC, {}).get('n', 0)})"
+          for b in bins) + " |")
+    lines.append("")
+  figures = _plots(runs, out_dir)
+  lines += [f"![{title}]({os.path.basename(path)})" for title, path in figures]
+  path = os.path.join(out_dir, "README.md")
+  with open(path, "w") as f:
+    f.write("\n".join(lines) + "\n")
+  return path
+
+
+def _plots(runs: dict, out_dir: str) -> list[tuple[str, str]]:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  figures = []
+  names = [n for n, r in runs.items() if r["eval"]]
+  if names:
+    fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 3.5))
+    means = [runs[n]["eval"]["overall"][BREAKDOWN_METRIC]["mean"] for n in names]
+    cis = [runs[n]["eval"]["overall"][BREAKDOWN_METRIC]["ci95"] for n in names]
+    err = np.nan_to_num([[m - c[0] for m, c in zip(means, cis)], [c[1] - m for m, c in zip(means, cis)]])
+    ax.bar(range(len(names)), means, yerr=err, capsize=4)
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    ax.set_ylabel("test SI-SDRi (dB)")
+    fig.tight_layout()
+    figures.append(("SI-SDRi per configuration", os.path.join(out_dir, "sisdri_per_config.png")))
+    fig.savefig(figures[-1][1], dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for n in names:
+      groups = runs[n]["eval"]["breakdowns"].get("separation", {})
+      keys = list(groups)
+      ax.plot(range(len(keys)), [groups[k][BREAKDOWN_METRIC]["mean"] for k in keys], marker="o",
+              label=n)
+      ax.set_xticks(range(len(keys)), keys, fontsize=8)
+    ax.set_ylabel("test SI-SDRi (dB)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    figures.append(("SI-SDRi vs angular separation",
+                    os.path.join(out_dir, "sisdri_vs_separation.png")))
+    fig.savefig(figures[-1][1], dpi=110)
+    plt.close(fig)
+
+  fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+  for n, run in runs.items():
+    train_rows = [r for r in run["curve"] if "loss" in r]
+    val_rows = [r for r in run["curve"] if "val_sisdri" in r]
+    if train_rows:
+      axes[0].plot([r["step"] for r in train_rows], [r["loss"] for r in train_rows], label=n, lw=0.8)
+    if val_rows:
+      axes[1].plot([r["step"] for r in val_rows], [r["val_sisdri"] for r in val_rows], marker=".",
+                   label=n)
+  axes[0].set(xlabel="step", ylabel="train loss (-SI-SDR, dB)")
+  axes[1].set(xlabel="step", ylabel="val SI-SDRi (dB)")
+  axes[1].legend(fontsize=7)
+  fig.tight_layout()
+  figures.append(("training curves", os.path.join(out_dir, "training_curves.png")))
+  fig.savefig(figures[-1][1], dpi=110)
+  plt.close(fig)
+  return figures
