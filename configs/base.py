@@ -4,9 +4,11 @@ Each study configuration (`configs/mono.py`, `configs/ild_ipd.py`, ...) calls
 `base.get_base_config(variant)` and overrides the few fields that define it.
 Variants (the part after `:` on the command line):
 
-  ``""`` (default)  the CPU-sized default run on the embedded eSpeak corpus;
+  ``""`` (default)  a CPU-sized demo on the embedded eSpeak corpus: 2-s mixtures, a reduced
+                    SuDoRM-RF (128 basis, 4 blocks), 200 steps; minutes on 2 cores;
   ``smoke``         a few training steps on a tiny render, seconds on CPU (tests, CI);
-  ``gpu``           the accelerator-sized run (batch 16, bf16, longer schedule).
+  ``gpu``           the study's model at full size (512 basis, 16 blocks, 4-s mixtures),
+                    batch 16, bfloat16 compute, 2,000 steps: the accelerator run.
 
 The channel layout of the head-worn cochlear-implant array is fixed by
 `data_pipeline.array.CHANNEL_NAMES`: per ear a behind-the-ear front and back
@@ -47,8 +49,8 @@ def get_base_config(variant: str = "") -> ml_collections.ConfigDict:
   data.snr_db_range = (0.0, 15.0)
   data.rir_length_seconds = 1.0       # as the study: BRIRs truncated/padded to 1 s
   data.num_rooms = 64                 # RIR bank: rooms x azimuths x distances
-  data.num_examples = ml_collections.ConfigDict(dict(train=2000, val=200, test=200))
-  data.examples_per_shard = 200
+  data.num_examples = ml_collections.ConfigDict(dict(train=8000, val=256, test=200))
+  data.examples_per_shard = 500
   data.store_images = False           # per-talker multichannel images (dynamic mixing)
   data.shards_dir = ""                # default: ./data/<dataset hash>
   data.cache_dir = ""                 # corpus/RIR caches; default ./.cache
@@ -93,11 +95,11 @@ def get_base_config(variant: str = "") -> ml_collections.ConfigDict:
   # ---------------------------------------------------------------- training
   train = config.train = ml_collections.ConfigDict()
   train.batch_size = 4
-  train.num_steps = 300
+  train.num_steps = 2000
   train.log_every = 10
-  train.eval_every = 100
+  train.eval_every = 250
   train.eval_batches = 10
-  train.checkpoint_every = 100
+  train.checkpoint_every = 250
   train.keep_best = 3
   train.early_stopping_patience = 0   # evaluations without improvement; 0 = off
   train.max_consecutive_nonfinite = 10
@@ -113,7 +115,22 @@ def get_base_config(variant: str = "") -> ml_collections.ConfigDict:
   ev.num_workers = 0                  # 0 = os.cpu_count()
   ev.save_examples = 4
 
-  if variant == "smoke":
+  if not variant:
+    data.segment_seconds = 2.0
+    data.num_rooms = 16
+    data.num_examples = ml_collections.ConfigDict(dict(train=600, val=64, test=64))
+    data.examples_per_shard = 100
+    model.enc_basis = 128
+    model.bottleneck = 64
+    model.num_blocks = 4
+    model.n_fft = 256
+    train.num_steps = 200
+    train.log_every = 10
+    train.eval_every = 50
+    train.eval_batches = 8
+    train.checkpoint_every = 50
+    ev.max_examples = 64
+  elif variant == "smoke":
     data.num_examples = ml_collections.ConfigDict(dict(train=16, val=8, test=8))
     data.examples_per_shard = 8
     data.segment_seconds = 1.0
@@ -138,9 +155,8 @@ def get_base_config(variant: str = "") -> ml_collections.ConfigDict:
     ev.metrics = ("sisdr", "stoi")
     ev.num_workers = 1
   elif variant == "gpu":
-    data.num_examples = ml_collections.ConfigDict(dict(train=20000, val=500, test=1000))
-    data.examples_per_shard = 500
-    data.num_rooms = 256
+    data.num_rooms = 48
+    train.eval_batches = 16
     train.batch_size = 16
     train.num_steps = 2000
     train.eval_every = 250

@@ -36,3 +36,11 @@ def fail(message: str) -> None:
   """Prints a one-line error and exits with status 2."""
   print(f"error: {message}", file=sys.stderr)
   sys.exit(2)
+
+
+def config_variant() -> str:
+  """The `:variant` part of --config on the command line ('' when none)."""
+  for arg in sys.argv[1:]:
+    if arg.startswith("--config=") and ":" in arg:
+      return arg.split(":", 1)[1]
+  return ""

@@ -41,8 +41,10 @@ def separate_long(separate_chunk, audio: np.ndarray, segment: int, batch_size: i
   """
   total = audio.shape[0]
   hop = segment // 2
-  num_chunks = max(1, math.ceil(max(total - segment, 0) / hop) + 1)
-  padded = np.zeros((hop + (num_chunks - 1) * hop + segment + hop, audio.shape[1]), np.float32)
+  # Sample x of `padded` is covered by the windows of chunks x // hop - 1 and x // hop, whose
+  # halves sum to one; the audio starts one hop in, so ceil(total / hop) + 1 chunks cover it.
+  num_chunks = max(1, math.ceil(total / hop))
+  padded = np.zeros((num_chunks * hop + segment, audio.shape[1]), np.float32)
   padded[hop:hop + total] = audio
   starts = [c * hop for c in range(num_chunks + 1)]
   chunks = np.stack([padded[s:s + segment] for s in starts])

@@ -207,6 +207,8 @@ def config_fingerprint(config) -> str:
   """Hash of what determines the trained function (not logging cadence or step budget)."""
   import hashlib
   relevant = {k: config[k].to_dict() for k in ("data", "model", "loss", "optim")}
+  for where_or_how in ("shards_dir", "cache_dir", "loader", "prefetch"):
+    relevant["data"].pop(where_or_how, None)
   relevant["seed"] = config.seed
   relevant["batch_size"] = config.train.batch_size
   return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -18,7 +18,7 @@ TWO = ("L_back", "L_tmic")
 
 def make_config(channels=TWO, features=(), fusion="concat", extra_outputs=0, tiny=True,
                 dtype="float32", depthwise_impl="slices"):
-  config = base.get_base_config("smoke" if tiny else "")
+  config = base.get_base_config("smoke" if tiny else "gpu")
   config.data.input_channels = channels
   config.model.features = features
   config.model.fusion = fusion

@@ -1,0 +1,173 @@
+"""Throughput benchmarks (never timed tests): rendering, input pipelines, the training step.
+
+  python launch/benchmark.py --what=render,loader --config=configs/mono.py \
+      --config.data.num_rooms=4 --workdir=benchmarks/cpu
+  python launch/benchmark.py --what=step --step_configs=mono,ild_ipd --batch_sizes=16 \
+      --config=configs/ild_ipd.py:gpu --workdir=benchmarks/h100
+
+Each measurement is one JSON line in <workdir>/results.jsonl (with device, versions and the
+command) and a row of <workdir>/results.md.
+"""
+
+import json
+import os
+import platform
+import sys
+import time
+
+import common
+from absl import app, flags
+
+_CONFIG = common.define_config_flags()
+flags.DEFINE_list("what", ["render", "loader"], "render, loader, step")
+flags.DEFINE_integer("num_examples", 64, "examples timed for the render benchmark")
+flags.DEFINE_integer("loader_examples", 512, "examples in the shards the loaders read")
+flags.DEFINE_integer("loader_batches", 40, "batches timed per loader backend")
+flags.DEFINE_list("step_configs", ["mono", "ild_ipd"], "configuration files for the step timing")
+flags.DEFINE_list("batch_sizes", ["16"], "batch sizes for the step timing")
+flags.DEFINE_integer("steps", 20, "timed steps (median reported) after compilation")
+FLAGS = flags.FLAGS
+
+
+def _environment() -> dict:
+  import jax
+  device = jax.devices()[0]
+  return {"device": getattr(device, "device_kind", str(device)), "num_devices": jax.device_count(),
+          "jax": jax.__version__, "python": platform.python_version(), "cpus": os.cpu_count(),
+          "command": " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])}
+
+
+def _record(workdir: str, row: dict) -> None:
+  os.makedirs(workdir, exist_ok=True)
+  row = {**row, **_environment(), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+  with open(os.path.join(workdir, "results.jsonl"), "a") as f:
+    f.write(json.dumps(row) + "\n")
+  print(json.dumps(row))
+
+
+def bench_render(config, workdir: str) -> None:
+  """Mixtures per second per core with a warm RIR bank (one process)."""
+  from data_pipeline import dataset
+  config_json = config.to_json()
+  dataset._scene_inputs(config_json)  # corpus synthesis + bank build/load, not timed
+  dataset._make_example(config_json, "train", 0)
+  start = time.perf_counter()
+  for index in range(1, FLAGS.num_examples + 1):
+    dataset._make_example(config_json, "train", index)
+  elapsed = time.perf_counter() - start
+  _record(workdir, {"benchmark": "render", "examples": FLAGS.num_examples,
+                    "segment_s": config.data.segment_seconds, "rate": config.data.sample_rate,
+                    "noise": config.data.noise,
+                    "mixtures_per_s_per_core": FLAGS.num_examples / elapsed})
+
+
+def bench_loader(config, workdir: str) -> None:
+  """Batched examples per second from local shards, both backends, all six channels."""
+  from data_pipeline import dataset, loader
+  config = config.copy_and_resolve_references()
+  config.data.num_examples.train = FLAGS.loader_examples
+  config.data.input_channels = ("L_front", "L_back", "L_tmic", "R_front", "R_back", "R_tmic")
+  config.data.shards_dir = os.path.join(workdir, "loader_shards")
+  dataset.render(config, config.data.shards_dir, progress=True)
+  backends = ["grain"]
+  if loader.resolve_backend("auto") == "tfdata":
+    backends.append("tfdata")
+  for backend in backends:
+    config.data.loader = backend
+    batches = loader.make_loader(config, config.data.shards_dir, "train", train=True,
+                                 batch_size=config.train.batch_size)
+    iterator = iter(batches)
+    for _ in range(3):
+      next(iterator)
+    start = time.perf_counter()
+    for _ in range(FLAGS.loader_batches):
+      next(iterator)
+    elapsed = time.perf_counter() - start
+    _record(workdir, {"benchmark": "loader", "backend": backend,
+                      "batch_size": config.train.batch_size, "channels": 6,
+                      "segment_s": config.data.segment_seconds,
+                      "examples_per_s": FLAGS.loader_batches * config.train.batch_size / elapsed})
+
+
+def bench_step(base_arg: str, workdir: str) -> None:
+  """Median jitted training-step time per configuration and batch size (synthetic batch)."""
+  import importlib
+  import jax
+  import numpy as np
+  from spatialsep_jax import models, train
+  for name in FLAGS.step_configs:
+    for batch_size in map(int, FLAGS.batch_sizes):
+      config = importlib.import_module(f"configs.{name}").get_config(base_arg)
+      config.train.batch_size = batch_size
+      programs = train.build_programs(config)
+      state = programs.init(jax.random.key(0))
+      samples = train.example_input_shape(config)[1]
+      rng = np.random.default_rng(0)
+      batch = train.step_inputs({
+          "mixture": rng.normal(size=(batch_size, samples, len(config.data.input_channels)))
+                     .astype(np.float32),
+          "sources": rng.normal(size=(batch_size, config.data.num_sources, samples))
+                     .astype(np.float32)}, programs.mesh)
+      start = time.perf_counter()
+      state, metrics = programs.train_step(state, batch)
+      jax.block_until_ready(metrics)
+      compile_s = time.perf_counter() - start
+      times = []
+      for _ in range(FLAGS.steps):
+        start = time.perf_counter()
+        state, metrics = programs.train_step(state, batch)
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - start)
+      step_s = float(np.median(times))
+      stats = jax.devices()[0].memory_stats() or {}
+      _record(workdir, {
+          "benchmark": "step", "config": name, "variant": base_arg, "batch_size": batch_size,
+          "dtype": config.model.dtype, "depthwise_impl": config.model.depthwise_impl,
+          "params": models.count_params(jax.device_get(state.params)),
+          "step_ms": 1e3 * step_s, "samples_per_s": batch_size / step_s,
+          "audio_s_per_s": batch_size * config.data.segment_seconds / step_s,
+          "compile_and_first_step_s": compile_s,
+          "peak_memory_gib": stats.get("peak_bytes_in_use", float("nan")) / 2**30})
+
+
+def write_markdown(workdir: str) -> str:
+  rows = [json.loads(line) for line in open(os.path.join(workdir, "results.jsonl"))]
+  lines = ["| benchmark | what | figure | device | command |", "| --- | --- | --- | --- | --- |"]
+  for r in rows:
+    if r["benchmark"] == "render":
+      what, figure = f"{r['segment_s']} s at {r['rate']} Hz, noise={r['noise']}", \
+          f"{r['mixtures_per_s_per_core']:.1f} mixtures/s per core"
+    elif r["benchmark"] == "loader":
+      what, figure = f"{r['backend']}, batch {r['batch_size']}, {r['channels']} ch", \
+          f"{r['examples_per_s']:.0f} examples/s"
+    else:
+      what = f"{r['config']} ({r['dtype']}, {r['depthwise_impl']}), batch {r['batch_size']}"
+      figure = (f"{r['samples_per_s']:.1f} samples/s, {r['step_ms']:.1f} ms/step, compile "
+                f"{r['compile_and_first_step_s']:.0f} s, peak {r['peak_memory_gib']:.1f} GiB")
+    lines.append(f"| {r['benchmark']} | {what} | {figure} | {r['device']} ({r['cpus']} cpus), "
+                 f"jax {r['jax']} | `{r['command']}` |")
+  path = os.path.join(workdir, "results.md")
+  with open(path, "w") as f:
+    f.write("\n".join(lines) + "\n")
+  return path
+
+
+def main(argv):
+  del argv
+  common.setup_logging()
+  config = _CONFIG.value
+  workdir = FLAGS.workdir or os.path.join("benchmarks", "local")
+  unknown = set(FLAGS.what) - {"render", "loader", "step"}
+  if unknown:
+    common.fail(f"--what has {sorted(unknown)}; use render, loader, step")
+  if "render" in FLAGS.what:
+    bench_render(config, workdir)
+  if "loader" in FLAGS.what:
+    bench_loader(config, workdir)
+  if "step" in FLAGS.what:
+    bench_step(common.config_variant(), workdir)
+  print(f"table: {write_markdown(workdir)}")
+
+
+if __name__ == "__main__":
+  app.run(main)
