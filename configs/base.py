@@ -55,6 +55,9 @@ def get_base_config(variant: str = "") -> ml_collections.ConfigDict:
   data.shards_dir = ""                # default: ./data/<dataset hash>
   data.cache_dir = ""                 # corpus/RIR caches; default ./.cache
   data.loader = "auto"                # auto | tfdata | grain
+  data.loader_workers = 0             # Grain worker processes (0 = threads in this process)
+  data.host_audio_dtype = "float32"   # float16 hands the shards' samples over unconverted;
+                                      # the jitted step casts them to float32 on the device
   data.dynamic_mixing = False
   data.prefetch = 2
   data.espeak = ml_collections.ConfigDict(

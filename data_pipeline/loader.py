@@ -135,6 +135,7 @@ class BatchAssembler:
     self.input_channels = np.array([names.index(c) for c in config.data.input_channels])
     self.reference_channel = names.index(self.manifest["reference_mic"])
     self.target = config.data.target
+    self.host_audio_dtype = np.dtype(config.data.get("host_audio_dtype", "float32"))
     self.dynamic_mixing = bool(config.data.dynamic_mixing) and train
     self.tir_db_range = tuple(config.data.tir_db_range)
     if self.dynamic_mixing and self.local_batch_size < self.manifest["num_sources"]:
@@ -160,10 +161,11 @@ class BatchAssembler:
     """Per-key (shape with batch dim None, dtype) of an assembled batch."""
     t = self.manifest["segment_samples"]
     s = self.manifest["num_sources"]
-    signature = {"mixture": ((None, t, len(self.input_channels)), np.dtype(np.float32)),
-                 "sources": ((None, s, t), np.dtype(np.float32)),
-                 "noise": ((None, t), np.dtype(np.float32)),
-                 "mixture_reference": ((None, t), np.dtype(np.float32))}
+    audio = self.host_audio_dtype
+    signature = {"mixture": ((None, t, len(self.input_channels)), audio),
+                 "sources": ((None, s, t), audio),
+                 "noise": ((None, t), audio),
+                 "mixture_reference": ((None, t), audio)}
     for key in self.metadata_keys:
       shape, dtype = self.spec[key]
       signature[key] = ((None,) + shape, dtype)
@@ -288,12 +290,21 @@ def resolve_backend(name: str) -> str:
   return "tfdata"
 
 
-def _grain_batches(assembler: BatchAssembler, start_batch: int, stop_batch: int, prefetch: int):
+def _grain_batches(assembler: BatchAssembler, start_batch: int, stop_batch: int, prefetch: int,
+                   workers: int = 0):
+  """Batches start_batch.. in order; `workers` > 0 assembles them in that many processes
+  (round-robin over batch numbers, so the order and contents do not change)."""
   import grain
   dataset = grain.MapDataset.range(start_batch, stop_batch).map(assembler)
   threads = max(1, min(os.cpu_count() or 1, prefetch))
-  return iter(dataset.to_iter_dataset(grain.ReadOptions(
-      num_threads=threads, prefetch_buffer_size=max(prefetch, threads))))
+  batches = dataset.to_iter_dataset(grain.ReadOptions(
+      num_threads=threads, prefetch_buffer_size=max(prefetch, threads)))
+  if workers > 0:
+    from absl import flags
+    if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags (defaults suffice)
+      flags.FLAGS.mark_as_parsed()
+    batches = batches.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+  return iter(batches)
 
 
 def _tfdata_batches(assembler: BatchAssembler, start_batch: int, stop_batch: int | None):
@@ -346,7 +357,7 @@ def make_loader(config, shards_dir: str, split: str, *, train: bool,
   prefetch = max(1, int(config.data.prefetch))
   if backend == "grain":
     batches = _grain_batches(assembler, start_batch, sys.maxsize if total is None else total,
-                             prefetch)
+                             prefetch, int(config.data.get("loader_workers", 0)))
   else:
     batches = _tfdata_batches(assembler, start_batch, total)
   return BatchLoader(batches, start_batch, total, backend, assembler)

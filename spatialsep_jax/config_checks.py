@@ -14,6 +14,7 @@ _CHOICES = {
     "data.target": ("direct", "reverberant"),
     "data.loader": ("auto", "tfdata", "grain"),
     "data.scene": ("simulated", "measured"),
+    "data.host_audio_dtype": ("float32", "float16"),
     "model.name": ("sudormrf",),
     "model.fusion": ("concat", "attention"),
     "model.dtype": ("float32", "bfloat16"),

@@ -35,8 +35,8 @@ SUMMARY_METRICS = ("sisdr_improvement", "sdr_improvement", "stoi_improvement", "
 
 def make_separate_fn(config, model):
   """jitted (params, mixture [B, T, C]) -> estimates [B, S + extra, T] float32."""
-  return jax.jit(lambda params, mixture: model.apply({"params": params}, mixture)
-                 .astype(jnp.float32))
+  return jax.jit(lambda params, mixture: model.apply(
+      {"params": params}, mixture.astype(jnp.float32)).astype(jnp.float32))
 
 
 def load_trained(config, workdir: str, which: str = "best"):

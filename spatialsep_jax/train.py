@@ -87,9 +87,9 @@ def make_loss_fn(config, model) -> Callable:
   num_sources = config.data.num_sources
 
   def loss_fn(params, batch):
-    estimates = model.apply({"params": params}, batch["mixture"])
+    estimates = model.apply({"params": params}, batch["mixture"].astype(jnp.float32))
     loss, aux = losses.separation_loss(
-        estimates[:, :num_sources], batch["sources"], name=config.loss.name,
+        estimates[:, :num_sources], batch["sources"].astype(jnp.float32), name=config.loss.name,
         clamp_db=config.loss.clamp_db)
     return loss, aux
 
@@ -120,11 +120,13 @@ def make_eval_step(config, model) -> Callable:
 
   def eval_step(params, batch):
     loss, aux = loss_fn(params, batch)
-    estimates = model.apply({"params": params}, batch["mixture"])[:, :config.data.num_sources]
+    mixture = batch["mixture"].astype(jnp.float32)
+    sources = batch["sources"].astype(jnp.float32)
+    estimates = model.apply({"params": params}, mixture)[:, :config.data.num_sources]
     aligned = losses.reorder(estimates.astype(jnp.float32), aux["perm"])
-    est_sisdr = metrics_lib.sisdr(aligned, batch["sources"]).mean(axis=-1)
-    mix = jnp.broadcast_to(batch["mixture_reference"][:, None, :], batch["sources"].shape)
-    mix_sisdr = metrics_lib.sisdr(mix, batch["sources"]).mean(axis=-1)
+    est_sisdr = metrics_lib.sisdr(aligned, sources).mean(axis=-1)
+    mix = jnp.broadcast_to(batch["mixture_reference"][:, None, :].astype(jnp.float32), sources.shape)
+    mix_sisdr = metrics_lib.sisdr(mix, sources).mean(axis=-1)
     return {"loss": aux["per_example"], "sisdr": est_sisdr, "sisdri": est_sisdr - mix_sisdr}
 
   return eval_step
@@ -207,7 +209,8 @@ def config_fingerprint(config) -> str:
   """Hash of what determines the trained function (not logging cadence or step budget)."""
   import hashlib
   relevant = {k: config[k].to_dict() for k in ("data", "model", "loss", "optim")}
-  for where_or_how in ("shards_dir", "cache_dir", "loader", "prefetch"):
+  for where_or_how in ("shards_dir", "cache_dir", "loader", "prefetch", "loader_workers",
+                       "host_audio_dtype"):
     relevant["data"].pop(where_or_how, None)
   relevant["seed"] = config.seed
   relevant["batch_size"] = config.train.batch_size

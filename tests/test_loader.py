@@ -196,3 +196,16 @@ def test_auto_backend_prefers_tfdata_when_importable():
   assert loader.resolve_backend("auto") == "tfdata"
   with pytest.raises(ValueError, match="data.loader"):
     loader.resolve_backend("torch")
+
+
+def test_float16_hand_over_and_grain_worker_processes_give_the_same_batches(shards_dir):
+  reference = take(loader.make_loader(make_config(loader="grain"), shards_dir, "train",
+                                      train=True, batch_size=4), 3)
+  half = take(loader.make_loader(make_config(loader="grain", host_audio_dtype="float16",
+                                             loader_workers=2), shards_dir, "train",
+                                 train=True, batch_size=4, start_batch=0), 3)
+  for ref, got in zip(reference, half):
+    assert got["mixture"].dtype == np.float16 and got["sources"].dtype == np.float16
+    assert set(ref) == set(got)
+    for key in ref:
+      np.testing.assert_array_equal(np.asarray(got[key], ref[key].dtype), ref[key])
