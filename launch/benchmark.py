@@ -23,6 +23,8 @@ flags.DEFINE_list("what", ["render", "loader"], "render, loader, step")
 flags.DEFINE_integer("num_examples", 64, "examples timed for the render benchmark")
 flags.DEFINE_integer("loader_examples", 512, "examples in the shards the loaders read")
 flags.DEFINE_integer("loader_batches", 40, "batches timed per loader backend")
+flags.DEFINE_list("loader_settings", ["float32:0", "float16:0", "float16:2"],
+                  "host_audio_dtype:loader_workers pairs timed for each backend")
 flags.DEFINE_list("step_configs", ["mono", "ild_ipd"], "configuration files for the step timing")
 flags.DEFINE_list("batch_sizes", ["16"], "batch sizes for the step timing")
 flags.DEFINE_integer("steps", 20, "timed steps (median reported) after compilation")
@@ -67,26 +69,30 @@ def bench_loader(config, workdir: str) -> None:
   config = config.copy_and_resolve_references()
   config.data.num_examples.train = FLAGS.loader_examples
   config.data.input_channels = ("L_front", "L_back", "L_tmic", "R_front", "R_back", "R_tmic")
-  config.data.shards_dir = os.path.join(workdir, "loader_shards")
+  config.data.shards_dir = os.path.join(".cache", "benchmark_shards")
   dataset.render(config, config.data.shards_dir, progress=True)
   backends = ["grain"]
   if loader.resolve_backend("auto") == "tfdata":
     backends.append("tfdata")
   for backend in backends:
-    config.data.loader = backend
-    batches = loader.make_loader(config, config.data.shards_dir, "train", train=True,
-                                 batch_size=config.train.batch_size)
-    iterator = iter(batches)
-    for _ in range(3):
-      next(iterator)
-    start = time.perf_counter()
-    for _ in range(FLAGS.loader_batches):
-      next(iterator)
-    elapsed = time.perf_counter() - start
-    _record(workdir, {"benchmark": "loader", "backend": backend,
-                      "batch_size": config.train.batch_size, "channels": 6,
-                      "segment_s": config.data.segment_seconds,
-                      "examples_per_s": FLAGS.loader_batches * config.train.batch_size / elapsed})
+    for setting in FLAGS.loader_settings:
+      dtype, workers = setting.split(":")
+      if backend == "tfdata" and int(workers):
+        continue  # worker processes are a Grain option
+      config.data.loader, config.data.host_audio_dtype = backend, dtype
+      config.data.loader_workers = int(workers)
+      iterator = iter(loader.make_loader(config, config.data.shards_dir, "train", train=True,
+                                         batch_size=config.train.batch_size))
+      for _ in range(3):
+        next(iterator)
+      start = time.perf_counter()
+      for _ in range(FLAGS.loader_batches):
+        next(iterator)
+      elapsed = time.perf_counter() - start
+      _record(workdir, {"benchmark": "loader", "backend": backend, "host_audio_dtype": dtype,
+                        "workers": int(workers), "batch_size": config.train.batch_size,
+                        "channels": 6, "segment_s": config.data.segment_seconds,
+                        "examples_per_s": FLAGS.loader_batches * config.train.batch_size / elapsed})
 
 
 def bench_step(base_arg: str, workdir: str) -> None:
@@ -138,7 +144,9 @@ def write_markdown(workdir: str) -> str:
       what, figure = f"{r['segment_s']} s at {r['rate']} Hz, noise={r['noise']}", \
           f"{r['mixtures_per_s_per_core']:.1f} mixtures/s per core"
     elif r["benchmark"] == "loader":
-      what, figure = f"{r['backend']}, batch {r['batch_size']}, {r['channels']} ch", \
+      what, figure = (f"{r['backend']}, {r.get('host_audio_dtype', 'float32')} to host, "
+                      f"{r.get('workers', 0)} worker processes, batch {r['batch_size']}, "
+                      f"{r['channels']} ch"), \
           f"{r['examples_per_s']:.0f} examples/s"
     else:
       what = f"{r['config']} ({r['dtype']}, {r['depthwise_impl']}), batch {r['batch_size']}"
@@ -170,4 +178,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

@@ -44,3 +44,21 @@ def config_variant() -> str:
     if arg.startswith("--config=") and ":" in arg:
       return arg.split(":", 1)[1]
   return ""
+
+
+def _parse_flags(argv):
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    fail(f"{e}; run with --help for the flags")
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    # ml_collections raises these for an override of a field that does not exist or has
+    # another type; one line instead of a traceback.
+    detail = str(e).strip("\"'")
+    fail(f"bad --config override ({detail}); fields and their types are in configs/base.py")
+
+
+def run(main):
+  """absl's app.run with one-line errors for bad flags and config overrides."""
+  from absl import app
+  app.run(main, flags_parser=_parse_flags)
