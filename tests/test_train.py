@@ -167,3 +167,23 @@ def test_unknown_config_field_fails_on_the_command_line(tmp_path):
       cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert result.returncode == 2
   assert "no_such_field" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_run_stops_after_too_many_nonfinite_updates(smoke_dataset, tmp_path):
+  workdir = str(tmp_path / "run")
+  broken = _config(smoke_dataset, train__num_steps=9, optim__learning_rate=float("inf"),
+                   train__max_consecutive_nonfinite=2)
+  with pytest.raises(train.NonFiniteError, match="2 non-finite losses/gradients in a row at step"):
+    train.train_and_evaluate(broken, workdir, progress=False)
+  # No state with skipped (non-finite) updates was saved over a good one.
+  latest = os.path.join(workdir, "checkpoints", "latest")
+  assert not [s for s in os.listdir(latest) if s.isdigit()] if os.path.isdir(latest) else True
+
+
+def test_user_corpus_without_shards_names_the_render_command(tmp_path):
+  from data_pipeline import dataset
+  config = mono.get_config("smoke")
+  config.data.corpus = str(tmp_path / "my_corpus")
+  config.data.shards_dir = str(tmp_path / "shards")
+  with pytest.raises(FileNotFoundError, match="python launch/render.py"):
+    dataset.ensure_dataset(config)
