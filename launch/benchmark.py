@@ -19,7 +19,7 @@ import common
 from absl import app, flags
 
 _CONFIG = common.define_config_flags()
-flags.DEFINE_list("what", ["render", "loader"], "render, loader, step")
+flags.DEFINE_list("what", ["render", "loader"], "render, loader, step, latency")
 flags.DEFINE_integer("num_examples", 64, "examples timed for the render benchmark")
 flags.DEFINE_integer("loader_examples", 512, "examples in the shards the loaders read")
 flags.DEFINE_integer("loader_batches", 40, "batches timed per loader backend")
@@ -27,6 +27,7 @@ flags.DEFINE_list("loader_settings", ["float32:0", "float16:0", "float16:2"],
                   "host_audio_dtype:loader_workers pairs timed for each backend")
 flags.DEFINE_list("step_configs", ["mono", "ild_ipd"], "configuration files for the step timing")
 flags.DEFINE_list("batch_sizes", ["16"], "batch sizes for the step timing")
+flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "override model.dtype (step, latency)")
 flags.DEFINE_integer("steps", 20, "timed steps (median reported) after compilation")
 FLAGS = flags.FLAGS
 
@@ -104,6 +105,7 @@ def bench_step(base_arg: str, workdir: str) -> None:
   for name in FLAGS.step_configs:
     for batch_size in map(int, FLAGS.batch_sizes):
       config = importlib.import_module(f"configs.{name}").get_config(base_arg)
+      config.model.dtype = FLAGS.dtype or config.model.dtype
       config.train.batch_size = batch_size
       programs = train.build_programs(config)
       state = programs.init(jax.random.key(0))
@@ -136,6 +138,32 @@ def bench_step(base_arg: str, workdir: str) -> None:
           "peak_memory_gib": stats.get("peak_bytes_in_use", float("nan")) / 2**30})
 
 
+def bench_latency(base_arg: str, workdir: str) -> None:
+  """Forward-pass latency of one mixture (batch 1), per second of audio, per configuration."""
+  import importlib
+  import jax
+  import numpy as np
+  from spatialsep_jax import evaluation, train
+  for name in FLAGS.step_configs:
+    config = importlib.import_module(f"configs.{name}").get_config(base_arg)
+    config.model.dtype = FLAGS.dtype or config.model.dtype
+    programs = train.build_programs(config)
+    params = programs.init(jax.random.key(0)).params
+    separate = evaluation.make_separate_fn(config, programs.model)
+    mixture = np.random.default_rng(0).normal(
+        size=train.example_input_shape(config)).astype(np.float32)
+    jax.block_until_ready(separate(params, mixture))
+    times = []
+    for _ in range(FLAGS.steps):
+      start = time.perf_counter()
+      jax.block_until_ready(separate(params, mixture))
+      times.append(time.perf_counter() - start)
+    seconds = float(np.median(times))
+    _record(workdir, {"benchmark": "latency", "config": name, "variant": base_arg,
+                      "dtype": config.model.dtype, "segment_s": config.data.segment_seconds,
+                      "ms_per_audio_s": 1e3 * seconds / config.data.segment_seconds})
+
+
 def write_markdown(workdir: str) -> str:
   rows = [json.loads(line) for line in open(os.path.join(workdir, "results.jsonl"))]
   lines = ["| benchmark | what | figure | device | command |", "| --- | --- | --- | --- | --- |"]
@@ -148,6 +176,9 @@ def write_markdown(workdir: str) -> str:
                       f"{r.get('workers', 0)} worker processes, batch {r['batch_size']}, "
                       f"{r['channels']} ch"), \
           f"{r['examples_per_s']:.0f} examples/s"
+    elif r["benchmark"] == "latency":
+      what = f"{r['config']} ({r['dtype']}), one {r['segment_s']} s mixture"
+      figure = f"{r['ms_per_audio_s']:.1f} ms per second of audio"
     else:
       what = f"{r['config']} ({r['dtype']}, {r['depthwise_impl']}), batch {r['batch_size']}"
       figure = (f"{r['samples_per_s']:.1f} samples/s, {r['step_ms']:.1f} ms/step, compile "
@@ -165,15 +196,17 @@ def main(argv):
   common.setup_logging()
   config = _CONFIG.value
   workdir = FLAGS.workdir or os.path.join("benchmarks", "local")
-  unknown = set(FLAGS.what) - {"render", "loader", "step"}
+  unknown = set(FLAGS.what) - {"render", "loader", "step", "latency"}
   if unknown:
-    common.fail(f"--what has {sorted(unknown)}; use render, loader, step")
+    common.fail(f"--what has {sorted(unknown)}; use render, loader, step, latency")
   if "render" in FLAGS.what:
     bench_render(config, workdir)
   if "loader" in FLAGS.what:
     bench_loader(config, workdir)
   if "step" in FLAGS.what:
     bench_step(common.config_variant(), workdir)
+  if "latency" in FLAGS.what:
+    bench_latency(common.config_variant(), workdir)
   print(f"table: {write_markdown(workdir)}")
 
 

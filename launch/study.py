@@ -103,7 +103,7 @@ def main(argv):
     if failures:
       print(f"[study] failed: {failures}; see their train.log")
   out = FLAGS.report_dir or os.path.join(root, "report")
-  path = report.build_report(root, out, FLAGS.configs)
+  path = report.build_report(root, out, FLAGS.configs, variant=FLAGS.variant)
   print(f"[study] report: {path}")
 
 

@@ -46,7 +46,21 @@ def _fmt(entry: dict | None, digits: int = 2) -> str:
   return f"{entry['mean']:.{digits}f}"
 
 
-def build_report(root: str, out_dir: str, names: list[str]) -> str:
+def _latencies(patterns: tuple[str, ...], variant: str) -> dict:
+  """{config: {device (dtype): ms per second of audio}} from benchmark results files, for the
+  configurations at the study's size variant."""
+  table = {}
+  for path in sorted(p for pattern in patterns for p in glob.glob(pattern)):
+    for line in open(path):
+      row = json.loads(line)
+      if row.get("benchmark") == "latency" and row.get("variant") == variant:
+        table.setdefault(row["config"], {})[f"{row['device']} ({row['dtype']})"] = \
+            row["ms_per_audio_s"]
+  return table
+
+
+def build_report(root: str, out_dir: str, names: list[str], variant: str = "",
+                 benchmark_files: tuple[str, ...] = ("benchmarks/*/results.jsonl",)) -> str:
   os.makedirs(out_dir, exist_ok=True)
   runs = {name: _load_run(os.path.join(root, name)) for name in names}
   runs = {name: run for name, run in runs.items() if run is not None}
@@ -91,7 +105,22 @@ def build_report(root: str, out_dir: str, names: list[str]) -> str:
           _fmt(groups.get(b, {}).get(BREAKDOWN_METRIC)) + f" (n={groups.get(b, {}).get(BREAKDOWN_METRIC, {}).get('n', 0)})"
           for b in bins) + " |")
     lines.append("")
+  latencies = _latencies(benchmark_files, variant)
+  devices = sorted({d for name in runs for d in latencies.get(name, {})})
+  if devices:
+    lines += ["### Latency: forward pass of one mixture, ms per second of audio "
+              "(`launch/benchmark.py --what=latency`)", "",
+              "| config | params | GFLOP/s audio | " + " | ".join(devices) + " |",
+              "|" + " --- |" * (len(devices) + 3)]
+    for name, run in runs.items():
+      cells = [f"{latencies.get(name, {}).get(d, float('nan')):.1f}" for d in devices]
+      lines.append(f"| {name} | {run['params']:,} | {run['gflops']:.2f} | " + " | ".join(cells)
+                   + " |")
+    lines.append("")
   figures = _plots(runs, out_dir)
+  spectrograms = _spectrograms(runs, out_dir)
+  if spectrograms:
+    figures.append(("example spectrograms", spectrograms))
   lines += [f"![{title}]({os.path.basename(path)})" for title, path in figures]
   path = os.path.join(out_dir, "README.md")
   with open(path, "w") as f:
@@ -150,3 +179,35 @@ def _plots(runs: dict, out_dir: str) -> list[tuple[str, str]]:
   fig.savefig(figures[-1][1], dpi=110)
   plt.close(fig)
   return figures
+
+
+def _spectrograms(runs: dict, out_dir: str) -> str | None:
+  """Mixture, reference and estimate spectrograms of one saved test example per run."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  import scipy.signal
+  import soundfile
+  examples = {}
+  for name, run in runs.items():
+    folder = os.path.join(run["eval_dir"] or "", "examples")
+    mixtures = sorted(glob.glob(os.path.join(folder, "*_mixture.wav")))
+    if mixtures:
+      stem = mixtures[0][:-len("_mixture.wav")]
+      examples[name] = [stem + suffix for suffix in
+                        ("_mixture.wav", "_s0_reference.wav", "_s0_estimate.wav")]
+  if not examples:
+    return None
+  fig, axes = plt.subplots(len(examples), 3, figsize=(11, 2.4 * len(examples)), squeeze=False)
+  for row, (name, paths) in enumerate(examples.items()):
+    for col, (path, title) in enumerate(zip(paths, ("mixture (first channel)", "reference, talker 1",
+                                                     "estimate, talker 1"))):
+      audio, rate = soundfile.read(path, always_2d=True)
+      f, t, spec = scipy.signal.spectrogram(audio[:, 0], rate, nperseg=256, noverlap=192)
+      axes[row, col].pcolormesh(t, f, 10 * np.log10(spec + 1e-10), shading="auto", cmap="magma")
+      axes[row, col].set_title(f"{name}: {title}", fontsize=8)
+  fig.tight_layout()
+  path = os.path.join(out_dir, "spectrograms.png")
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+  return path
