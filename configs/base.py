@@ -70,6 +70,8 @@ def get_base_config(variant: str = "") -> ml_collections.ConfigDict:
   model.features = ()                 # subset of ("ipd", "ild")
   model.feature_pair = (0, 1)         # indices into data.input_channels
   model.fusion = "concat"             # concat | attention ("AF" variants)
+  model.feature_norm = "joint"        # joint (the study: one norm over encoder + features) |
+                                      # separate (the feature map normalised on its own first)
   model.n_fft = 512
   model.ild_clip_db = 30.0
   model.enc_basis = 512

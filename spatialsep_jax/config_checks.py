@@ -17,6 +17,7 @@ _CHOICES = {
     "data.host_audio_dtype": ("float32", "float16"),
     "model.name": ("sudormrf",),
     "model.fusion": ("concat", "attention"),
+    "model.feature_norm": ("joint", "separate"),
     "model.dtype": ("float32", "bfloat16"),
     "model.depthwise_impl": ("slices", "xla"),
     "loss.name": ("neg_sisdr", "neg_snr"),

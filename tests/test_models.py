@@ -238,3 +238,19 @@ def test_flops_per_second_of_audio_is_positive():
   config = make_config(ONE)
   config.model.num_blocks = 1
   assert models.flops_per_second_of_audio(config) > 1e6
+
+
+def test_separate_feature_norm_adds_one_norm_over_the_feature_map():
+  joint = make_config(TWO, ("ipd", "ild"), tiny=False)
+  separate = make_config(TWO, ("ipd", "ild"), tiny=False)
+  separate.model.feature_norm = "separate"
+  counts = [models.count_params(models.abstract_params(models.build(c))) for c in (joint, separate)]
+  assert counts[1] - counts[0] == 2 * 2 * 257  # gain and bias per feature channel
+  tiny = make_config(TWO, ("ipd", "ild"))
+  tiny.model.feature_norm = "separate"
+  model = models.build(tiny)
+  mixture = jnp.asarray(np.random.default_rng(0).normal(size=(2, 800, 2)), jnp.float32)
+  params = random_params(model, 800)
+  out = model.apply({"params": params}, mixture)
+  assert out.shape == (2, 2, 800) and bool(jnp.all(jnp.isfinite(out)))
+  assert "feature_norm" in params

@@ -65,6 +65,7 @@ def build(config: ml_collections.ConfigDict) -> SuDORMRF:
       features=tuple(model_config.features),
       feature_pair=tuple(int(i) for i in model_config.feature_pair),
       fusion=model_config.fusion,
+      feature_norm=model_config.get("feature_norm", "joint"),
       n_fft=int(model_config.n_fft),
       ild_clip_db=float(model_config.ild_clip_db),
       enc_basis=int(model_config.enc_basis),

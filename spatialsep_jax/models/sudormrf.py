@@ -25,6 +25,8 @@ i.e. `... 1x1 conv C->D + GLN; residual; GLN + PReLU` as SPEC.md says.
 Fusion of explicit features (`features` non-empty, needs two input channels):
   'concat'    (the study): the feature map (257 bins per kind at n_fft 512) is
               concatenated to s along channels, so C = E + feature channels.
+              With model.feature_norm='separate' the feature map gets its own global layer
+              norm before the concatenation (not in the study; see fuse_features).
   'attention' (this project's design of the study's unpublished "AF" variants):
               gate = sigmoid(1x1 conv F -> E (GLN(features))); fused = s * (1 + gate),
               a residual sigmoid gate that re-weights each encoder basis by the
@@ -152,6 +154,7 @@ class SuDORMRF(nn.Module):
   features: Sequence[str] = ()
   feature_pair: Sequence[int] = (0, 1)
   fusion: str = "concat"
+  feature_norm: str = "joint"
   n_fft: int = 512
   ild_clip_db: float = 30.0
   enc_basis: int = 512
@@ -208,6 +211,11 @@ class SuDORMRF(nn.Module):
         center_offset=feature_lib.encoder_center_offset(self.enc_kernel, self.enc_padding),
         ild_clip_db=self.ild_clip_db).astype(self.dtype)
     if self.fusion == "concat":
+      if self.feature_norm == "separate":
+        # Raw IPD (rad) and ILD (dB) have far larger variances than the encoder output, so in
+        # the study's single joint norm they dominate its statistics; this variant normalises
+        # the feature map on its own first (2 x feature-channel parameters).
+        feature_map = layers.GlobalLayerNorm(dtype=self.dtype, name="feature_norm")(feature_map)
       return jnp.concatenate([encoded, feature_map], axis=-1)
     normed = layers.GlobalLayerNorm(dtype=self.dtype, name="feature_norm")(feature_map)
     gate = nn.sigmoid(layers.Pointwise(self.enc_basis, dtype=self.dtype, name="feature_gate")(normed))
