@@ -25,7 +25,7 @@ def main(argv):
   if "val_sisdri" in best:
     print(f"Done: step {result['step']}; best val SI-SDRi {best['val_sisdri']:.2f} dB "
           f"at step {best['step']}; checkpoints in {workdir}/checkpoints")
-  if config.eval.after_training and not result["stopped_by"]:
+  if config.eval.after_training and not result["interrupted"]:
     from spatialsep_jax import evaluation
     summary = evaluation.run_evaluation(config, workdir, which="best")
     print(evaluation.summary_markdown(summary))

@@ -320,7 +320,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     writer.close()
   if stopped_by:
     print(f"Stopped: {stopped_by}")
-  result = {"step": step, "best": best, "last": last_metrics, "stopped_by": stopped_by}
+  result = {"step": step, "best": best, "last": last_metrics, "stopped_by": stopped_by,
+            "interrupted": bool(stopper.received)}
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "train_summary.json"), "w") as f:
       json.dump(result, f, indent=1, default=float)
