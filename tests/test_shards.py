@@ -184,3 +184,16 @@ def test_tfds_reads_rendered_shards_without_tensorflow(tmp_path):
                           timeout=120)
   assert result.returncode == 0, result.stderr[-2000:]
   assert result.stdout.strip() == "ok 5"
+
+
+def test_wire_format_walk_equals_the_protobuf_parser():
+  from tensorflow_datasets.proto import tf_example_pb2
+  spec = shards.record_spec(segment_samples=80, num_sources=2, num_channels=6, store_images=True)
+  rng = np.random.default_rng(1)
+  record = {key: rng.normal(size=shape).astype(dtype) for key, (shape, dtype) in spec.items()}
+  data = shards.encode_record(record, spec)
+  parsed = tf_example_pb2.Example.FromString(data).features.feature
+  fields = shards.example_byte_fields(data)
+  assert set(fields) == set(parsed)
+  for key, view in fields.items():
+    assert bytes(view) == parsed[key].bytes_list.value[0], key
