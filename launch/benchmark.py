@@ -176,6 +176,13 @@ def write_markdown(workdir: str) -> str:
                       f"{r.get('workers', 0)} worker processes, batch {r['batch_size']}, "
                       f"{r['channels']} ch"), \
           f"{r['examples_per_s']:.0f} examples/s"
+    elif r["benchmark"] == "torch_step":
+      what = (f"PyTorch {r['mode']} ({r['implementation']}), {r['dtype']}, "
+              f"{r['input_channels']} ch, batch {r['batch_size']}")
+      figure = (r.get("error") or f"{r['samples_per_s']:.1f} samples/s, {r['step_ms']:.1f} ms/step, "
+                f"first step {r['compile_and_first_step_s']:.0f} s, peak "
+                f"{r['peak_memory_gib']:.1f} GiB")
+      r.setdefault("jax", f"torch {r['torch']}")
     elif r["benchmark"] == "latency":
       what = f"{r['config']} ({r['dtype']}), one {r['segment_s']} s mixture"
       figure = f"{r['ms_per_audio_s']:.1f} ms per second of audio"

@@ -192,9 +192,10 @@ def time_mode(args, mode: str, dtype_flag: str, device: torch.device) -> dict:
          "enc_basis": args.enc_basis, "params": num_params}
   optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=device.type == "cuda")
   generator = torch.Generator().manual_seed(0)
-  mixture = torch.randn(args.batch_size, args.input_channels, args.samples,
-                        generator=generator).to(device)
   sources = torch.randn(args.batch_size, 2, args.samples, generator=generator).to(device)
+  # The mixture is the sum of the sources so that the loss starts inside the clamp and
+  # gradients are non-zero.
+  mixture = sources.sum(1, keepdim=True).repeat(1, args.input_channels, 1)
   autocast = torch.autocast(device.type, dtype=DTYPES[dtype_flag],
                             enabled=dtype_flag != "fp32")
 
