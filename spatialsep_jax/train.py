@@ -44,6 +44,10 @@ class NonFiniteError(RuntimeError):
   pass
 
 
+# optax.tree.norm replaces the deprecated optax.global_norm (kept for older optax on hosts).
+_tree_norm = getattr(getattr(optax, "tree", None), "norm", None) or optax.global_norm
+
+
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
   """StepLR as in the study: multiply by ``decay_factor`` every ``decay_every_steps``.
 
@@ -105,7 +109,7 @@ def make_train_step(config, model, optimizer) -> Callable:
     params = optax.apply_updates(state.params, updates)
     step_metrics = {
         "loss": loss,
-        "grad_norm": optax.global_norm(grads),
+        "grad_norm": _tree_norm(grads),
         "nonfinite_in_a_row": nonfinite_count(opt_state),
         "learning_rate": learning_rate_schedule(config)(state.step),
     }
