@@ -62,3 +62,20 @@ def run(main):
   """absl's app.run with one-line errors for bad flags and config overrides."""
   from absl import app
   app.run(main, flags_parser=_parse_flags)
+
+
+USER_ERRORS = (ValueError, FileNotFoundError)
+
+
+def call_or_fail(function, *args, errors=USER_ERRORS, **kwargs):
+  """Calls `function`; the errors that mean bad input become one-line messages (exit 2)."""
+  try:
+    return function(*args, **kwargs)
+  except errors as e:
+    fail(str(e))
+
+
+def print_evaluation(summary: dict) -> None:
+  from spatialsep_jax import evaluation
+  print(evaluation.summary_markdown(summary))
+  print(f"rows, summary and plots in {summary['out_dir']}")

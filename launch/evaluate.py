@@ -20,12 +20,8 @@ def main(argv):
   from spatialsep_jax import evaluation
   config = _CONFIG.value
   workdir = FLAGS.workdir or common.default_workdir(config)
-  try:
-    summary = evaluation.run_evaluation(config, workdir, which=FLAGS.checkpoint, split=FLAGS.split)
-  except (ValueError, FileNotFoundError) as e:
-    common.fail(str(e))
-  print(evaluation.summary_markdown(summary))
-  print(f"rows, summary and plots in {summary['out_dir']}")
+  common.print_evaluation(common.call_or_fail(
+      evaluation.run_evaluation, config, workdir, which=FLAGS.checkpoint, split=FLAGS.split))
 
 
 if __name__ == "__main__":

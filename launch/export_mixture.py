@@ -24,10 +24,7 @@ def main(argv):
   from spatialsep_jax import inference
   config = _CONFIG.value
   directory = dataset.shards_dir(config)
-  try:
-    manifest, source = shards.open_split(directory, FLAGS.split)
-  except (ValueError, FileNotFoundError) as e:
-    common.fail(str(e))
+  manifest, source = common.call_or_fail(shards.open_split, directory, FLAGS.split)
   if not 0 <= FLAGS.index < len(source):
     common.fail(f"--index={FLAGS.index} is outside the {len(source)} examples of {FLAGS.split}")
   record = shards.decode_record(source[FLAGS.index], shards.spec_from_manifest(manifest))

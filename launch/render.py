@@ -19,10 +19,7 @@ def main(argv):
   from data_pipeline import dataset, summarize
   config = _CONFIG.value
   directory = FLAGS.workdir or dataset.shards_dir(config)
-  try:
-    dataset.render(config, directory, num_workers=FLAGS.num_workers)
-  except (ValueError, FileNotFoundError) as e:
-    common.fail(str(e))
+  common.call_or_fail(dataset.render, config, directory, num_workers=FLAGS.num_workers)
   print(summarize.summary_text(config, directory))
 
 

@@ -14,22 +14,18 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   common.setup_logging()
-  from spatialsep_jax import config_checks, train
+  from spatialsep_jax import train
   config = _CONFIG.value
   workdir = FLAGS.workdir or common.default_workdir(config)
-  try:
-    result = train.train_and_evaluate(config, workdir)
-  except (config_checks.ConfigError, FileNotFoundError, train.NonFiniteError, ValueError) as e:
-    common.fail(str(e))
+  result = common.call_or_fail(train.train_and_evaluate, config, workdir,
+                               errors=common.USER_ERRORS + (train.NonFiniteError,))
   best = result["best"]
   if "val_sisdri" in best:
     print(f"Done: step {result['step']}; best val SI-SDRi {best['val_sisdri']:.2f} dB "
           f"at step {best['step']}; checkpoints in {workdir}/checkpoints")
   if config.eval.after_training and not result["interrupted"]:
     from spatialsep_jax import evaluation
-    summary = evaluation.run_evaluation(config, workdir, which="best")
-    print(evaluation.summary_markdown(summary))
-    print(f"rows, summary and plots in {summary['out_dir']}")
+    common.print_evaluation(evaluation.run_evaluation(config, workdir, which="best"))
 
 
 if __name__ == "__main__":

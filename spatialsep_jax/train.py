@@ -91,11 +91,13 @@ def make_loss_fn(config, model) -> Callable:
   num_sources = config.data.num_sources
 
   def loss_fn(params, batch):
+    """(mean loss, aux with per-example loss, perm and the estimates [B, S, T] float32)."""
     estimates = model.apply({"params": params}, batch["mixture"].astype(jnp.float32))
+    estimates = estimates[:, :num_sources].astype(jnp.float32)
     loss, aux = losses.separation_loss(
-        estimates[:, :num_sources], batch["sources"].astype(jnp.float32), name=config.loss.name,
+        estimates, batch["sources"].astype(jnp.float32), name=config.loss.name,
         clamp_db=config.loss.clamp_db)
-    return loss, aux
+    return loss, {**aux, "estimates": estimates}
 
   return loss_fn
 
@@ -123,11 +125,9 @@ def make_eval_step(config, model) -> Callable:
   loss_fn = make_loss_fn(config, model)
 
   def eval_step(params, batch):
-    loss, aux = loss_fn(params, batch)
-    mixture = batch["mixture"].astype(jnp.float32)
+    _, aux = loss_fn(params, batch)
     sources = batch["sources"].astype(jnp.float32)
-    estimates = model.apply({"params": params}, mixture)[:, :config.data.num_sources]
-    aligned = losses.reorder(estimates.astype(jnp.float32), aux["perm"])
+    aligned = losses.reorder(aux["estimates"], aux["perm"])
     est_sisdr = metrics_lib.sisdr(aligned, sources).mean(axis=-1)
     mix = jnp.broadcast_to(batch["mixture_reference"][:, None, :].astype(jnp.float32), sources.shape)
     mix_sisdr = metrics_lib.sisdr(mix, sources).mean(axis=-1)
