@@ -6,13 +6,13 @@
 set -u
 CONFIGS=$1; NTRAIN=${2:-8000}; STEPS=${3:-2000}
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_MEM_FRACTION=0.45
-python3 -m pip install -q --no-build-isolation --no-deps --target /tmp/site .whl/pesq-*.tar.gz >/dev/null 2>&1 && echo "pesq built" || echo "pesq not built"
+export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_MEM_FRACTION=${MEM_FRACTION:-0.45}
+python3 -m pip install -q --no-build-isolation --no-deps --target /tmp/site .whl/pesq-*.tar.gz >$OUT/pesq_build.log 2>&1 && echo "pesq built" || { echo "pesq not built:"; tail -3 $OUT/pesq_build.log; }
 python3 -c "import jax, flax, optax, orbax.checkpoint, grain; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, jax.devices())"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 STUDY=/tmp/study
-SETS="${EXTRA_SETS:-} --set=data.num_examples.train=$NTRAIN --set=data.num_examples.val=256 --set=data.num_examples.test=200 --set=data.num_rooms=48 --set=train.num_steps=$STEPS --set=train.eval_batches=16"
+SETS="${EXTRA_SETS:-} --set=data.num_examples.train=$NTRAIN --set=data.num_examples.val=256 --set=data.num_examples.test=200 --set=data.num_rooms=48 --set=train.num_steps=$STEPS --set=train.eval_batches=16 --set=eval.save_examples=1"
 python3 -c "import jax; print(jax.devices())" >/dev/null
-timeout ${STUDY_TIMEOUT:-470} python3 launch/study.py --variant=gpu --workdir=$STUDY --configs=$CONFIGS --parallel=2 $SETS --report_dir=$STUDY/report 2>&1 | grep -v "it/s\]\|ex/s\]\|step/s\]" | tail -40
+timeout ${STUDY_TIMEOUT:-470} python3 launch/study.py --variant=gpu --workdir=$STUDY --configs=$CONFIGS --parallel=${PARALLEL:-2} $SETS --report_dir=$STUDY/report 2>&1 | grep -v "it/s\]\|ex/s\]\|step/s\]" | tail -40
 for name in ${CONFIGS//,/ }; do tail -5 $STUDY/$name/train.log; done
-cd $STUDY && tar czf $OUT/results.tar.gz --exclude=checkpoints --exclude='*.wav' */config.json */train_summary.json */logs/metrics.jsonl */eval */train.log report 2>/dev/null; ls -la $OUT
+cd $STUDY && tar czf $OUT/results.tar.gz --exclude=checkpoints */config.json */train_summary.json */logs/metrics.jsonl */eval */train.log  report 2>/dev/null; ls -la $OUT
