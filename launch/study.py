@@ -13,6 +13,7 @@ Stages (each resumable; rerunning skips what is done):
 """
 
 import ast
+import glob
 import os
 import subprocess
 import sys
@@ -82,7 +83,7 @@ def main(argv):
       while pending and len(running) < FLAGS.parallel:
         name = pending.pop(0)
         workdir = os.path.join(root, name)
-        if os.path.exists(os.path.join(workdir, "eval")) and os.path.exists(
+        if glob.glob(os.path.join(workdir, "eval", "*", "summary.json")) and os.path.exists(
             os.path.join(workdir, "train_summary.json")):
           print(f"[study] {name}: already trained and evaluated, skipped")
           continue

@@ -131,7 +131,7 @@ def run_evaluation(config, workdir: str, *, which: str = "best", split: str | No
   num_workers = config.eval.num_workers or os.cpu_count() or 1
   worker = functools.partial(metrics_lib.evaluate_example, rate=rate,
                              metrics=tuple(config.eval.metrics), vocoder_config=vocoder)
-  pool = (multiprocessing.get_context("spawn").Pool(num_workers) if num_workers > 1 else None)
+  pool = metrics_lib.single_threaded_pool(num_workers) if num_workers > 1 else None
   saved_examples = 0
   bar = tqdm(total=total, initial=len(done), desc=f"evaluating {split}", disable=not progress)
   writer, handle = None, None
