@@ -138,7 +138,6 @@ def _time_end_to_end(config, programs, state, num_steps: int) -> float:
 def bench_step(base_arg: str, workdir: str) -> None:
   """Median jitted training-step time per configuration, model variant and batch size
   (synthetic batch), optionally against the same step fed by the real input pipeline."""
-  import importlib
   import jax
   import numpy as np
   from spatialsep_jax import models, train
@@ -146,7 +145,7 @@ def bench_step(base_arg: str, workdir: str) -> None:
     for model_set in FLAGS.model_set:
       overrides = _model_overrides(model_set)
       for batch_size in map(int, FLAGS.batch_sizes):
-        config = importlib.import_module(f"configs.{name}").get_config(base_arg)
+        config = common.load_named_config(name, base_arg, common.command_line_overrides())
         config.model.dtype = FLAGS.dtype or config.model.dtype
         for key, value in overrides.items():
           if key not in config.model:
@@ -200,12 +199,11 @@ def bench_step(base_arg: str, workdir: str) -> None:
 
 def bench_latency(base_arg: str, workdir: str) -> None:
   """Forward-pass latency of one mixture (batch 1), per second of audio, per configuration."""
-  import importlib
   import jax
   import numpy as np
   from spatialsep_jax import evaluation, train
   for name in FLAGS.step_configs:
-    config = importlib.import_module(f"configs.{name}").get_config(base_arg)
+    config = common.load_named_config(name, base_arg, common.command_line_overrides())
     config.model.dtype = FLAGS.dtype or config.model.dtype
     programs = train.build_programs(config)
     params = programs.init(jax.random.key(0)).params
