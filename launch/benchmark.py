@@ -29,6 +29,12 @@ flags.DEFINE_list("step_configs", ["mono", "ild_ipd"], "configuration files for 
 flags.DEFINE_list("batch_sizes", ["16"], "batch sizes for the step timing")
 flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "override model.dtype (step, latency)")
 flags.DEFINE_integer("steps", 20, "timed steps (median reported) after compilation")
+flags.DEFINE_multi_string("model_set", [""], "step: model.* overrides timed as one variant, e.g. "
+                          "'norm_impl=fused,scan_blocks=True' (repeat the flag; '' = as configured)")
+flags.DEFINE_string("profile_dir", None, "step: write a jax.profiler trace of 3 timed steps "
+                    "per variant under this folder (summarise with launch/profile_summary.py)")
+flags.DEFINE_integer("e2e_steps", 0, "step: also time this many steps fed by the real loader "
+                     "from rendered shards (rendered first when missing), against the step-only rate")
 FLAGS = flags.FLAGS
 
 
@@ -96,56 +102,108 @@ def bench_loader(config, workdir: str) -> None:
                         "examples_per_s": FLAGS.loader_batches * config.train.batch_size / elapsed})
 
 
+def _model_overrides(text: str) -> dict:
+  import ast
+  overrides = {}
+  for item in filter(None, text.split(",")):
+    key, sep, value = item.partition("=")
+    if not sep:
+      common.fail(f"--model_set item {item!r} is not key=value; e.g. --model_set=norm_impl=fused")
+    try:
+      overrides[key.strip()] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      overrides[key.strip()] = value
+  return overrides
+
+
+def _time_end_to_end(config, programs, state, num_steps: int) -> float:
+  """Samples/s of `num_steps` training steps fed by the configured loader (after 3 warm-up
+  steps), blocking only at the end as the trainer does."""
+  import jax
+  from data_pipeline import dataset, loader as loader_lib
+  from spatialsep_jax import train
+  shards_dir = dataset.ensure_dataset(config)
+  batches = iter(loader_lib.make_loader(config, shards_dir, "train", train=True,
+                                        batch_size=config.train.batch_size))
+  for _ in range(3):
+    state, metrics = programs.train_step(state, train.step_inputs(next(batches), programs.mesh))
+  jax.block_until_ready(metrics)
+  start = time.perf_counter()
+  for _ in range(num_steps):
+    state, metrics = programs.train_step(state, train.step_inputs(next(batches), programs.mesh))
+  jax.block_until_ready(metrics)
+  return num_steps * config.train.batch_size / (time.perf_counter() - start)
+
+
 def bench_step(base_arg: str, workdir: str) -> None:
-  """Median jitted training-step time per configuration and batch size (synthetic batch)."""
-  import importlib
+  """Median jitted training-step time per configuration, model variant and batch size
+  (synthetic batch), optionally against the same step fed by the real input pipeline."""
   import jax
   import numpy as np
   from spatialsep_jax import models, train
   for name in FLAGS.step_configs:
-    for batch_size in map(int, FLAGS.batch_sizes):
-      config = importlib.import_module(f"configs.{name}").get_config(base_arg)
-      config.model.dtype = FLAGS.dtype or config.model.dtype
-      config.train.batch_size = batch_size
-      programs = train.build_programs(config)
-      state = programs.init(jax.random.key(0))
-      samples = train.example_input_shape(config)[1]
-      rng = np.random.default_rng(0)
-      batch = train.step_inputs({
-          "mixture": rng.normal(size=(batch_size, samples, len(config.data.input_channels)))
-                     .astype(np.float32),
-          "sources": rng.normal(size=(batch_size, config.data.num_sources, samples))
-                     .astype(np.float32)}, programs.mesh)
-      start = time.perf_counter()
-      state, metrics = programs.train_step(state, batch)
-      jax.block_until_ready(metrics)
-      compile_s = time.perf_counter() - start
-      times = []
-      for _ in range(FLAGS.steps):
+    for model_set in FLAGS.model_set:
+      overrides = _model_overrides(model_set)
+      for batch_size in map(int, FLAGS.batch_sizes):
+        config = common.load_named_config(name, base_arg, common.command_line_overrides())
+        config.model.dtype = FLAGS.dtype or config.model.dtype
+        for key, value in overrides.items():
+          if key not in config.model:
+            common.fail(f"--model_set names model.{key}, which the config does not have")
+          config.model[key] = value
+        config.train.batch_size = batch_size
+        programs = train.build_programs(config)
+        state = programs.init(jax.random.key(0))
+        samples = train.example_input_shape(config)[1]
+        rng = np.random.default_rng(0)
+        batch = train.step_inputs({
+            "mixture": rng.normal(size=(batch_size, samples, len(config.data.input_channels)))
+                       .astype(np.float32),
+            "sources": rng.normal(size=(batch_size, config.data.num_sources, samples))
+                       .astype(np.float32)}, programs.mesh)
         start = time.perf_counter()
         state, metrics = programs.train_step(state, batch)
         jax.block_until_ready(metrics)
-        times.append(time.perf_counter() - start)
-      step_s = float(np.median(times))
-      stats = jax.devices()[0].memory_stats() or {}
-      _record(workdir, {
-          "benchmark": "step", "config": name, "variant": base_arg, "batch_size": batch_size,
-          "dtype": config.model.dtype, "depthwise_impl": config.model.depthwise_impl,
-          "params": models.count_params(jax.device_get(state.params)),
-          "step_ms": 1e3 * step_s, "samples_per_s": batch_size / step_s,
-          "audio_s_per_s": batch_size * config.data.segment_seconds / step_s,
-          "compile_and_first_step_s": compile_s,
-          "peak_memory_gib": stats.get("peak_bytes_in_use", float("nan")) / 2**30})
+        compile_s = time.perf_counter() - start
+        times = []
+        for _ in range(FLAGS.steps):
+          start = time.perf_counter()
+          state, metrics = programs.train_step(state, batch)
+          jax.block_until_ready(metrics)
+          times.append(time.perf_counter() - start)
+        step_s = float(np.median(times))
+        stats = jax.devices()[0].memory_stats() or {}
+        if FLAGS.profile_dir:
+          tag = "_".join(filter(None, [name, model_set.replace(",", "_").replace("=", "-")]))
+          with jax.profiler.trace(os.path.join(FLAGS.profile_dir, tag)):
+            for _ in range(3):
+              state, metrics = programs.train_step(state, batch)
+            jax.block_until_ready(metrics)
+        row = {
+            "benchmark": "step", "config": name, "variant": base_arg, "batch_size": batch_size,
+            "dtype": config.model.dtype, "depthwise_impl": config.model.depthwise_impl,
+            "model_overrides": model_set,
+            "params": models.count_params(jax.device_get(state.params)),
+            "step_ms": 1e3 * step_s, "samples_per_s": batch_size / step_s,
+            "audio_s_per_s": batch_size * config.data.segment_seconds / step_s,
+            "compile_and_first_step_s": compile_s,
+            "peak_memory_gib": stats.get("peak_bytes_in_use", float("nan")) / 2**30}
+        if FLAGS.e2e_steps:
+          rate = _time_end_to_end(config, programs, state, FLAGS.e2e_steps)
+          row.update(e2e_samples_per_s=rate, e2e_fraction_of_step=rate / row["samples_per_s"],
+                     loader=config.data.loader, host_audio_dtype=config.data.host_audio_dtype)
+        _record(workdir, row)
+        del programs, state, batch
+        jax.clear_caches()
 
 
 def bench_latency(base_arg: str, workdir: str) -> None:
   """Forward-pass latency of one mixture (batch 1), per second of audio, per configuration."""
-  import importlib
   import jax
   import numpy as np
   from spatialsep_jax import evaluation, train
   for name in FLAGS.step_configs:
-    config = importlib.import_module(f"configs.{name}").get_config(base_arg)
+    config = common.load_named_config(name, base_arg, common.command_line_overrides())
     config.model.dtype = FLAGS.dtype or config.model.dtype
     programs = train.build_programs(config)
     params = programs.init(jax.random.key(0)).params
@@ -187,9 +245,14 @@ def write_markdown(workdir: str) -> str:
       what = f"{r['config']} ({r['dtype']}), one {r['segment_s']} s mixture"
       figure = f"{r['ms_per_audio_s']:.1f} ms per second of audio"
     else:
-      what = f"{r['config']} ({r['dtype']}, {r['depthwise_impl']}), batch {r['batch_size']}"
+      overrides = f", {r['model_overrides']}" if r.get("model_overrides") else ""
+      what = (f"{r['config']} ({r['dtype']}, {r['depthwise_impl']}{overrides}), "
+              f"batch {r['batch_size']}")
       figure = (f"{r['samples_per_s']:.1f} samples/s, {r['step_ms']:.1f} ms/step, compile "
                 f"{r['compile_and_first_step_s']:.0f} s, peak {r['peak_memory_gib']:.1f} GiB")
+      if "e2e_samples_per_s" in r:
+        figure += (f"; with the {r['loader']} loader ({r['host_audio_dtype']} to host) "
+                   f"{r['e2e_samples_per_s']:.1f} samples/s = {100 * r['e2e_fraction_of_step']:.0f}%")
     lines.append(f"| {r['benchmark']} | {what} | {figure} | {r['device']} ({r['cpus']} cpus), "
                  f"jax {r['jax']} | `{r['command']}` |")
   path = os.path.join(workdir, "results.md")

@@ -46,6 +46,39 @@ def config_variant() -> str:
   return ""
 
 
+def apply_overrides(config, items) -> None:
+  """Applies `a.b=value` items (the form of `--config.a.b=value`) to `config` in place,
+  parsing each value as the type the field already has."""
+  import ast
+  for item in items:
+    key, _, value = item.partition("=")
+    node = config
+    *parents, leaf = key.split(".")
+    try:
+      for part in parents:
+        node = node[part]
+      current = node[leaf]
+    except KeyError:
+      fail(f"no config field {key!r}; fields and their types are in configs/base.py")
+    node[leaf] = (ast.literal_eval(value) if isinstance(current, (tuple, list, bool))
+                  else type(current)(value) if current is not None else value)
+
+
+def command_line_overrides() -> list[str]:
+  """The `a.b=value` parts of this command's `--config.a.b=value` flags."""
+  return [arg[len("--config."):] for arg in sys.argv[1:] if arg.startswith("--config.")]
+
+
+def load_named_config(name: str, variant: str = "", overrides=()):
+  """configs/<name>.py's get_config(variant) with `a.b=value` overrides applied."""
+  import importlib
+  if not os.path.exists(os.path.join(ROOT, "configs", f"{name}.py")):
+    fail(f"no configs/{name}.py; give names of files in configs/")
+  config = importlib.import_module(f"configs.{name}").get_config(variant)
+  apply_overrides(config, overrides)
+  return config
+
+
 def _parse_flags(argv):
   try:
     return flags.FLAGS(argv)

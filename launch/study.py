@@ -12,7 +12,6 @@ Stages (each resumable; rerunning skips what is done):
   3. write the report (markdown + PNG) to <workdir>/report (or --report_dir).
 """
 
-import ast
 import glob
 import os
 import subprocess
@@ -41,18 +40,8 @@ def _config_path(name: str) -> str:
 
 
 def _load(name: str):
-  import importlib
-  module = importlib.import_module(f"configs.{name}")
-  config = module.get_config(FLAGS.variant)
-  for item in FLAGS.set:
-    key, _, value = item.partition("=")
-    node = config
-    *parents, leaf = key.split(".")
-    for part in parents:
-      node = node[part]
-    node[leaf] = (ast.literal_eval(value) if isinstance(node[leaf], (tuple, bool))
-                  else type(node[leaf])(value))
-  return config
+  _config_path(name)
+  return common.load_named_config(name, FLAGS.variant, FLAGS.set)
 
 
 def _train_command(name: str, workdir: str) -> list[str]:

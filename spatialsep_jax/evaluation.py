@@ -146,7 +146,9 @@ def run_evaluation(config, workdir: str, *, which: str = "best", split: str | No
       todo = [i for i in range(n) if int(batch["example_id"][i]) not in done]
       if todo:
         estimates = np.asarray(separate(params, jnp.asarray(batch["mixture"])))
-        work = [(estimates[i], batch["sources"][i], batch["mixture_reference"][i]) for i in todo]
+        # data.host_audio_dtype may hand float16 over; metrics and wavs work in float32.
+        work = [(estimates[i], batch["sources"][i].astype(np.float32),
+                 batch["mixture_reference"][i].astype(np.float32)) for i in todo]
         results = (pool.starmap(worker, work) if pool else [worker(*w) for w in work])
         for i, result in zip(todo, results):
           row = {"split": split, **_scene_columns(batch, i), **_metric_columns(result)}
@@ -189,6 +191,7 @@ def _save_example_wavs(out_dir, example_id, mixture, references, estimates, rate
   import soundfile
   folder = os.path.join(out_dir, "examples")
   os.makedirs(folder, exist_ok=True)
+  mixture, references = np.asarray(mixture, np.float32), np.asarray(references, np.float32)
   peak = max(np.abs(mixture).max(), 1e-9)
   soundfile.write(os.path.join(folder, f"{example_id:05d}_mixture.wav"), mixture / peak * 0.9, rate)
   for s, (ref, est) in enumerate(zip(references, estimates)):

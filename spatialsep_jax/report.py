@@ -12,6 +12,21 @@ import numpy as np
 
 BREAKDOWN_METRIC = "sisdr_improvement"
 
+# (A, B, what A - B tests): per-mixture differences on the same test mixtures, which
+# resolve far smaller effects than comparing two configurations' own confidence intervals.
+PAIRED_COMPARISONS = (
+    ("bilateral", "mono", "implicit cues: two T-mics vs one (finding 1)"),
+    ("unilateral", "mono", "implicit cues: one CI's back mic + T-mic vs one mic (findings 1, 5)"),
+    ("bilateral", "unilateral", "bilateral vs unilateral channel pair (finding 5)"),
+    ("ipd", "bilateral", "explicit IPD over the same two channels (findings 2, 3)"),
+    ("ild", "bilateral", "explicit ILD over the same two channels (finding 2)"),
+    ("ild_ipd", "bilateral", "explicit IPD+ILD over the same two channels (finding 2)"),
+    ("ipd", "ild", "IPD vs ILD (finding 2)"),
+    ("ipd", "ild_ipd", "IPD vs IPD+ILD (finding 2)"),
+    ("ipd", "mono", "IPD model vs one channel (findings 3, 4)"),
+    ("ipd_af", "ipd", "attention fusion vs concatenation of the IPD map"),
+)
+
 
 def _load_run(folder: str) -> dict | None:
   if not os.path.exists(os.path.join(folder, "config.json")):
@@ -105,6 +120,7 @@ def build_report(root: str, out_dir: str, names: list[str], variant: str = "",
           _fmt(groups.get(b, {}).get(BREAKDOWN_METRIC)) + f" (n={groups.get(b, {}).get(BREAKDOWN_METRIC, {}).get('n', 0)})"
           for b in bins) + " |")
     lines.append("")
+  lines += _paired_section(runs)
   latencies = _latencies(benchmark_files, variant)
   devices = sorted({d for name in runs for d in latencies.get(name, {})})
   if devices:
@@ -126,6 +142,54 @@ def build_report(root: str, out_dir: str, names: list[str], variant: str = "",
   with open(path, "w") as f:
     f.write("\n".join(lines) + "\n")
   return path
+
+
+def _rows(run: dict) -> dict[int, dict]:
+  from spatialsep_jax import evaluation
+  path = os.path.join(run["eval_dir"] or "", "rows.csv")
+  return {int(r["example_id"]): r for r in evaluation._read_rows(path)}
+
+
+def paired_differences(rows_a: dict[int, dict], rows_b: dict[int, dict],
+                       metric: str = BREAKDOWN_METRIC) -> dict[str, dict]:
+  """Mean A - B of `metric` with 95% CI over the mixtures both evaluated: overall, per
+  angular-separation bin and per sex pairing (rows keyed by example_id)."""
+  from spatialsep_jax import evaluation
+  shared = sorted(set(rows_a) & set(rows_b))
+  subsets = {"all": shared}
+  for name, lo, hi in evaluation.SEPARATION_BINS:
+    subsets[name] = [i for i in shared if lo <= float(rows_a[i]["separation_deg"]) < hi]
+  for pair in ("same-sex", "female-male"):
+    subsets[pair] = [i for i in shared if rows_a[i]["sex_pair"] == pair]
+  out = {}
+  for name, ids in subsets.items():
+    if ids and metric in rows_a[ids[0]] and metric in rows_b[ids[0]]:
+      out[name] = evaluation._ci([float(rows_a[i][metric]) - float(rows_b[i][metric])
+                                  for i in ids])
+  return out
+
+
+def _paired_section(runs: dict) -> list[str]:
+  rows = {name: _rows(run) for name, run in runs.items() if run.get("eval_dir")}
+  table = []
+  for a, b, what in PAIRED_COMPARISONS:
+    if rows.get(a) and rows.get(b):
+      table.append((a, b, what, paired_differences(rows[a], rows[b]),
+                    paired_differences(rows[a], rows[b], "vocoded_sisdr_improvement")))
+  if not table:
+    return []
+  from spatialsep_jax import evaluation
+  columns = (["all"] + [name for name, _, _ in evaluation.SEPARATION_BINS]
+             + ["same-sex", "female-male"])
+  lines = ["### Paired differences in test SI-SDRi (dB), A - B on the same mixtures", "",
+           "Mean [95% CI] (n) of per-mixture differences; an interval that excludes 0 is an "
+           "effect at this scale. Last column: the same after the CI vocoder.", "",
+           "| A - B | tests | " + " | ".join(columns) + " | vocoded, all |",
+           "|" + " --- |" * (len(columns) + 3)]
+  for a, b, what, diffs, vocoded in table:
+    cells = [(_fmt(diffs[c]) + f" ({diffs[c]['n']})") if c in diffs else "n/a" for c in columns]
+    lines.append(f"| {a} - {b} | {what} | " + " | ".join(cells) + f" | {_fmt(vocoded.get('all'))} |")
+  return lines + [""]
 
 
 def _plots(runs: dict, out_dir: str) -> list[tuple[str, str]]:

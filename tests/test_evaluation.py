@@ -88,3 +88,27 @@ def test_separate_handles_rendered_recordings_other_rates_and_wrong_channels(tra
   assert result.returncode == 2
   assert "has 3 channels but this model takes 2" in result.stderr
   assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_evaluation_with_float16_host_audio_matches_float32(trained_run, tmp_path):
+  """data.host_audio_dtype=float16 (the GPU setting) evaluates and saves example wavs."""
+  import shutil
+  config, workdir = trained_run
+  reference = evaluation.run_evaluation(config, workdir, progress=False)
+  half_dir = str(tmp_path / "half")
+  shutil.copytree(workdir, half_dir, ignore=shutil.ignore_patterns("eval"))
+  half = config.copy_and_resolve_references()
+  half.data.host_audio_dtype = "float16"
+  half.eval.save_examples = 1
+  summary = evaluation.run_evaluation(half, half_dir, progress=False)
+  want = {r["example_id"]: float(r["sisdr_improvement"])
+          for r in _rows(os.path.join(reference["out_dir"], "rows.csv"))}
+  got = {r["example_id"]: float(r["sisdr_improvement"])
+         for r in _rows(os.path.join(summary["out_dir"], "rows.csv"))}
+  assert want.keys() == got.keys()
+  for key in want:
+    assert got[key] == pytest.approx(want[key], abs=0.05)
+  wavs = os.listdir(os.path.join(summary["out_dir"], "examples"))
+  assert any(name.endswith("_mixture.wav") for name in wavs)
+  audio, _ = soundfile.read(os.path.join(summary["out_dir"], "examples", sorted(wavs)[0]))
+  assert np.isfinite(audio).all() and np.abs(audio).max() > 0

@@ -254,3 +254,65 @@ def test_separate_feature_norm_adds_one_norm_over_the_feature_map():
   out = model.apply({"params": params}, mixture)
   assert out.shape == (2, 2, 800) and bool(jnp.all(jnp.isfinite(out)))
   assert "feature_norm" in params
+
+
+def test_fused_global_layer_norm_matches_autodiff_values_and_gradients():
+  rng = np.random.default_rng(5)
+  x = jnp.asarray(rng.normal(2.0, 3.0, (3, 40, 6)).astype(np.float32))
+  scale, bias = (jnp.asarray(rng.normal(size=6).astype(np.float32)) for _ in range(2))
+  weights = jnp.asarray(rng.normal(size=x.shape).astype(np.float32))
+  params = {"scale": scale, "bias": bias}
+
+  def loss(impl, x_, p):
+    return jnp.sum(layers.GlobalLayerNorm(impl=impl).apply({"params": p}, x_) * weights)
+
+  for argnum in (0, 1):
+    want = jax.grad(loss, argnums=argnum + 1)("autodiff", x, params)
+    got = jax.grad(loss, argnums=argnum + 1)("fused", x, params)
+    for w, g in zip(jax.tree_util.tree_leaves(want), jax.tree_util.tree_leaves(got)):
+      np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(layers.GlobalLayerNorm(impl="fused").apply({"params": params}, x),
+                             layers.GlobalLayerNorm().apply({"params": params}, x), atol=1e-5)
+
+
+def _unrolled_to_scanned(params, num_blocks):
+  """Stacks `block_<i>` parameter trees into the scanned layout `blocks/block`."""
+  blocks = [params[f"block_{i}"] for i in range(num_blocks)]
+  scanned = {k: v for k, v in params.items() if not k.startswith("block_")}
+  scanned["blocks"] = {"block": jax.tree_util.tree_map(lambda *a: jnp.stack(a), *blocks)}
+  return scanned
+
+
+@pytest.mark.parametrize("overrides", [dict(norm_impl="fused"), dict(remat="block"),
+                                       dict(scan_blocks=True, remat="dots")])
+def test_speed_variants_compute_the_same_function(overrides):
+  """Fused norms, rematerialisation and scanned blocks change speed and memory only."""
+  config = make_config(TWO, ("ipd",))
+  config.model.num_blocks = 2
+  model = models.build(config)
+  mixture = jax.random.normal(jax.random.key(4), (2, 240, 2))
+  params = random_params(model, 240)
+  variant = config.copy_and_resolve_references()
+  variant.model.update(overrides)
+  other = models.build(variant)
+  other_params = (_unrolled_to_scanned(params, 2) if overrides.get("scan_blocks") else params)
+  assert jax.tree_util.tree_structure(other_params) == jax.tree_util.tree_structure(
+      jax.eval_shape(other.init, jax.random.key(0), mixture)["params"])
+  loss = lambda m, p: jnp.mean(jnp.sin(m.apply({"params": p}, mixture)))
+  want_value, want_grads = jax.jit(jax.value_and_grad(lambda p: loss(model, p)))(params)
+  got_value, got_grads = jax.jit(jax.value_and_grad(lambda p: loss(other, p)))(other_params)
+  np.testing.assert_allclose(got_value, want_value, rtol=1e-4)
+  if overrides.get("scan_blocks"):
+    got_grads = {**{k: v for k, v in got_grads.items() if k != "blocks"},
+                 **{f"block_{i}": jax.tree_util.tree_map(lambda a: a[i], got_grads["blocks"]["block"])
+                    for i in range(2)}}
+  for w, g in zip(jax.tree_util.tree_leaves(want_grads), jax.tree_util.tree_leaves(got_grads)):
+    np.testing.assert_allclose(g, w, rtol=1e-3, atol=1e-5)
+
+
+def test_unknown_speed_options_are_one_line_errors():
+  for key, value in (("norm_impl", "magic"), ("remat", "everything")):
+    config = make_config()
+    config.model[key] = value
+    with pytest.raises(ValueError, match=f"model.{key}"):
+      models.build(config)

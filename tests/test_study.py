@@ -21,9 +21,32 @@ def test_study_trains_evaluates_and_reports_each_configuration(smoke_dataset, tm
   for name in ("mono", "bilateral"):
     assert f"| {name} |" in report
   assert "L_tmic, R_tmic" in report and "by angular separation" in report
+  assert "| bilateral - mono | implicit cues" in report
   for png in ("sisdri_per_config.png", "sisdri_vs_separation.png", "training_curves.png",
               "spectrograms.png"):
     assert os.path.getsize(os.path.join(workdir, "report", png)) > 0
   # A second call skips finished configurations and rebuilds the report.
   again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert again.returncode == 0 and "already trained and evaluated, skipped" in again.stdout
+
+
+def test_paired_differences_match_numpy():
+  import numpy as np
+  import pytest
+  from scipy import stats
+  from spatialsep_jax import report
+  rng = np.random.default_rng(0)
+  def rows(values):
+    return {i: {"example_id": i, "separation_deg": 10.0 * i, "sex_pair": "same-sex" if i % 2
+                else "female-male", "sisdr_improvement": v} for i, v in enumerate(values)}
+  a, b = rng.normal(5, 2, 20), rng.normal(3, 2, 20)
+  rows_b = rows(b)
+  del rows_b[19]  # only mixtures both runs evaluated are paired
+  diffs = report.paired_differences(rows(a), rows_b)
+  d = (a - b)[:19]
+  assert diffs["all"]["n"] == 19 and diffs["all"]["mean"] == pytest.approx(d.mean())
+  half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+  lo, hi = diffs["all"]["ci95"]
+  assert (hi - lo) / 2 == pytest.approx(half, rel=0.05)
+  assert diffs["same-sex"]["mean"] == pytest.approx(d[1::2].mean())
+  assert diffs["co-located (<=15 deg)"]["n"] == 2  # separations 0 and 10 deg

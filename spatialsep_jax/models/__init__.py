@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from spatialsep_jax.features import FEATURE_KINDS
-from spatialsep_jax.models.layers import DEPTHWISE_IMPLS, depthwise_conv1d
-from spatialsep_jax.models.sudormrf import SuDORMRF
+from spatialsep_jax.models.layers import DEPTHWISE_IMPLS, NORM_IMPLS, depthwise_conv1d
+from spatialsep_jax.models.sudormrf import REMAT_MODES, SuDORMRF
 
 MODEL_NAMES = ("sudormrf",)
 FUSIONS = ("concat", "attention")
@@ -43,6 +43,10 @@ def _validate(model_config: ml_collections.ConfigDict, num_channels: int) -> Non
   if model_config.depthwise_impl not in DEPTHWISE_IMPLS:
     raise ValueError(f"unknown model.depthwise_impl {model_config.depthwise_impl!r}; "
                      f"use one of {DEPTHWISE_IMPLS}")
+  if model_config.get("norm_impl", "autodiff") not in NORM_IMPLS:
+    raise ValueError(f"unknown model.norm_impl {model_config.norm_impl!r}; use one of {NORM_IMPLS}")
+  if model_config.get("remat", "none") not in REMAT_MODES:
+    raise ValueError(f"unknown model.remat {model_config.remat!r}; use one of {REMAT_MODES}")
   if model_config.enc_basis % 2 or model_config.enc_basis % num_channels:
     raise ValueError(f"model.enc_basis={model_config.enc_basis} must be even and divisible by "
                      f"the {num_channels} input channels (grouped encoder, mask conv of width E+1)")
@@ -77,7 +81,10 @@ def build(config: ml_collections.ConfigDict) -> SuDORMRF:
       dw_kernel=int(model_config.dw_kernel),
       extra_outputs=int(model_config.extra_outputs),
       dtype=DTYPES[model_config.dtype],
-      depthwise_impl=model_config.depthwise_impl)
+      depthwise_impl=model_config.depthwise_impl,
+      norm_impl=model_config.get("norm_impl", "autodiff"),
+      remat=model_config.get("remat", "none"),
+      scan_blocks=bool(model_config.get("scan_blocks", False)))
 
 
 def count_params(params) -> int:

@@ -62,6 +62,8 @@ import numpy as np
 from spatialsep_jax import features as feature_lib
 from spatialsep_jax.models import layers
 
+REMAT_MODES = ("none", "block", "dots")
+
 
 class UConvBlock(nn.Module):
   """One U-ConvBlock: `[B, L, bottleneck]` -> same shape (see module docstring)."""
@@ -70,29 +72,40 @@ class UConvBlock(nn.Module):
   dw_kernel: int = 5
   depthwise_impl: str = "slices"
   dtype: Any = jnp.float32
+  norm_impl: str = "autodiff"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     bottleneck = x.shape[-1]
     y = layers.Pointwise(self.channels, dtype=self.dtype, name="expand")(x)
-    y = layers.GlobalLayerNorm(dtype=self.dtype, name="expand_norm")(y)
+    y = layers.GlobalLayerNorm(dtype=self.dtype, impl=self.norm_impl, name="expand_norm")(y)
     y = layers.PReLU(dtype=self.dtype, name="expand_act")(y)
     levels = []
     for level in range(self.upsampling_depth):
       y = layers.DepthwiseConv(self.dw_kernel, stride=1 if level == 0 else 2,
                                impl=self.depthwise_impl, dtype=self.dtype,
                                name=f"depthwise_{level}")(levels[-1] if levels else y)
-      levels.append(layers.GlobalLayerNorm(dtype=self.dtype, name=f"depthwise_norm_{level}")(y))
+      levels.append(layers.GlobalLayerNorm(dtype=self.dtype, impl=self.norm_impl,
+                                           name=f"depthwise_norm_{level}")(y))
     fused = levels.pop()
     while levels:
       finer = levels.pop()
       fused = finer + layers.upsample_nearest2(fused, finer.shape[1])
-    fused = layers.GlobalLayerNorm(dtype=self.dtype, name="fused_norm")(fused)
+    fused = layers.GlobalLayerNorm(dtype=self.dtype, impl=self.norm_impl, name="fused_norm")(fused)
     fused = layers.PReLU(dtype=self.dtype, name="fused_act")(fused)
     out = layers.Pointwise(bottleneck, dtype=self.dtype, name="project")(fused)
-    out = layers.GlobalLayerNorm(dtype=self.dtype, name="project_norm")(out)
-    out = layers.GlobalLayerNorm(dtype=self.dtype, name="out_norm")(out + x)
+    out = layers.GlobalLayerNorm(dtype=self.dtype, impl=self.norm_impl, name="project_norm")(out)
+    out = layers.GlobalLayerNorm(dtype=self.dtype, impl=self.norm_impl, name="out_norm")(out + x)
     return layers.PReLU(dtype=self.dtype, name="out_act")(out)
+
+
+class _ScanBody(nn.Module):
+  """One U-ConvBlock in `nn.scan`'s (carry, input) -> (carry, output) form."""
+  block: Any
+
+  @nn.compact
+  def __call__(self, x: jax.Array, _) -> tuple[jax.Array, None]:
+    return self.block(x), None
 
 
 class MaskConv(nn.Module):
@@ -167,6 +180,9 @@ class SuDORMRF(nn.Module):
   extra_outputs: int = 0
   dtype: Any = jnp.float32
   depthwise_impl: str = "slices"
+  norm_impl: str = "autodiff"
+  remat: str = "none"
+  scan_blocks: bool = False
 
   @property
   def num_outputs(self) -> int:
@@ -215,11 +231,35 @@ class SuDORMRF(nn.Module):
         # Raw IPD (rad) and ILD (dB) have far larger variances than the encoder output, so in
         # the study's single joint norm they dominate its statistics; this variant normalises
         # the feature map on its own first (2 x feature-channel parameters).
-        feature_map = layers.GlobalLayerNorm(dtype=self.dtype, name="feature_norm")(feature_map)
+        feature_map = layers.GlobalLayerNorm(dtype=self.dtype, impl=self.norm_impl,
+                                             name="feature_norm")(feature_map)
       return jnp.concatenate([encoded, feature_map], axis=-1)
-    normed = layers.GlobalLayerNorm(dtype=self.dtype, name="feature_norm")(feature_map)
+    normed = layers.GlobalLayerNorm(dtype=self.dtype, impl=self.norm_impl,
+                                    name="feature_norm")(feature_map)
     gate = nn.sigmoid(layers.Pointwise(self.enc_basis, dtype=self.dtype, name="feature_gate")(normed))
     return encoded * (1 + gate)
+
+  def blocks(self, x: jax.Array) -> jax.Array:
+    """The U-ConvBlock stack `[B, L, bottleneck]` -> same: unrolled (`block_<i>` parameters)
+    or, with `scan_blocks`, one `nn.scan` over stacked parameters (`blocks`; compiles one
+    block instead of `num_blocks`). `remat` recomputes each block in the backward pass
+    ('block': keeps only block inputs) or keeps only its matmul outputs ('dots')."""
+    block_class = UConvBlock
+    if self.remat != "none":
+      policy = {"block": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+      if self.remat not in policy:
+        raise ValueError(f"unknown model.remat {self.remat!r}; use one of {REMAT_MODES}")
+      block_class = nn.remat(UConvBlock, policy=policy[self.remat], prevent_cse=not self.scan_blocks)
+    make = lambda **kw: block_class(self.block_channels, self.upsampling_depth, self.dw_kernel,
+                                    self.depthwise_impl, self.dtype, self.norm_impl, **kw)
+    if not self.scan_blocks:
+      for index in range(self.num_blocks):
+        x = make(name=f"block_{index}")(x)
+      return x
+    scanned = nn.scan(_ScanBody, variable_axes={"params": 0}, split_rngs={"params": True},
+                      length=self.num_blocks)
+    x, _ = scanned(make(parent=None), name="blocks")(x, None)
+    return x
 
   @nn.compact
   def __call__(self, mixture: jax.Array) -> jax.Array:
@@ -233,11 +273,9 @@ class SuDORMRF(nn.Module):
 
     encoded = self.encode(mixture)
     x = self.fuse_features(encoded, mixture)
-    x = layers.GlobalLayerNorm(dtype=self.dtype, name="input_norm")(x)
+    x = layers.GlobalLayerNorm(dtype=self.dtype, impl=self.norm_impl, name="input_norm")(x)
     x = layers.Pointwise(self.bottleneck, dtype=self.dtype, name="to_bottleneck")(x)
-    for index in range(self.num_blocks):
-      x = UConvBlock(self.block_channels, self.upsampling_depth, self.dw_kernel,
-                     self.depthwise_impl, self.dtype, name=f"block_{index}")(x)
+    x = self.blocks(x)
     if self.bottleneck != self.enc_basis:
       x = layers.Pointwise(self.enc_basis, dtype=self.dtype, name="to_basis")(x)
     logits = MaskConv(self.num_outputs, dtype=self.dtype, name="mask")(x)

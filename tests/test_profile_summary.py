@@ -1,0 +1,39 @@
+"""launch/profile_summary.py against a hand-built XSpace with known kernel times."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+xplane_pb2 = pytest.importorskip("tensorflow.tsl.profiler.protobuf.xplane_pb2")
+
+
+def _space(path: str) -> None:
+  space = xplane_pb2.XSpace()
+  plane = space.planes.add(name="/device:GPU:0")
+  plane.event_metadata[1].name = "fusion_gln"
+  plane.event_metadata[2].name = "gemm"
+  ops = plane.lines.add(name="XLA Ops")
+  for metadata_id, duration_ps in ((1, 3_000_000), (2, 1_000_000), (1, 2_000_000)):
+    ops.events.add(metadata_id=metadata_id, duration_ps=duration_ps)
+  stream = plane.lines.add(name="Stream #1")  # ignored when XLA Ops exists
+  stream.events.add(metadata_id=2, duration_ps=9_000_000)
+  space.planes.add(name="/host:CPU").lines.add(name="python").events.add(metadata_id=1,
+                                                                           duration_ps=5)
+  with open(path, "wb") as f:
+    f.write(space.SerializeToString())
+
+
+def test_kernel_times_groups_xla_ops(tmp_path):
+  sys.path.insert(0, os.path.join(ROOT, "launch"))
+  import profile_summary
+  path = str(tmp_path / "host.xplane.pb")
+  _space(path)
+  (totals, calls), = profile_summary.kernel_times(path).values()
+  assert totals == {"fusion_gln": 5_000_000, "gemm": 1_000_000}
+  assert calls == {"fusion_gln": 2, "gemm": 1}
+  out = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "profile_summary.py"),
+                        str(tmp_path)], capture_output=True, text=True, check=True).stdout
+  assert "0.01 ms of kernels in 3 launches" in out and "83.3%" in out
