@@ -145,6 +145,7 @@ class BatchAssembler:
     self.decode_keys = (["mixture", self.target, "noise"] + self.metadata_keys
                         + (["images"] if self.dynamic_mixing else []))
     self._source = None
+    shards.keep_freed_memory()  # before the loader's threads start (see there)
 
   def __getstate__(self):
     state = self.__dict__.copy()
@@ -154,6 +155,7 @@ class BatchAssembler:
   @property
   def source(self):
     if self._source is None:
+      shards.keep_freed_memory()  # here, so that Grain's worker processes get it too
       _, self._source = shards.open_split(self.shards_dir, self.split)
     return self._source
 
@@ -179,24 +181,51 @@ class BatchAssembler:
 
   def __call__(self, batch_number: int) -> dict[str, np.ndarray]:
     indices = self.example_indices(int(batch_number))
-    raw = self.source.__getitems__([int(i) for i in indices]) if len(indices) else []
-    records = [shards.decode_record(data, self.spec, self.decode_keys) for data in raw]
+    records = self.read_records(indices)
     if self.dynamic_mixing:
       return self._dynamic_mix(records, int(batch_number))
     return self._stack(records)
+
+  def read_records(self, indices: np.ndarray) -> list[dict[str, np.ndarray]]:
+    """Decoded records (views of their bytes) of `indices`, in that order.
+
+    One record at a time in file order, in the calling thread: the loaders already run
+    several batches in parallel, and ``__getitems__`` would start a thread pool per
+    batch (slower here, see shards.READER_OPTIONS).
+    """
+    source = self.source
+    raw = [None] * len(indices)
+    for slot in np.argsort(indices, kind="stable"):
+      raw[slot] = source[int(indices[slot])]
+    return [shards.decode_record(data, self.spec, self.decode_keys) for data in raw]
 
   def _stack(self, records: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     signature = self.output_signature()
     b = len(records)
     batch = {key: np.empty((b,) + shape[1:], dtype) for key, (shape, dtype) in signature.items()}
+    channels = self._channel_selection()
+    # The reference mic is usually an input too: copy it from the converted mixture
+    # (float16 -> float32 conversion is the costliest step of a float32 batch).
+    selected = np.arange(len(self.manifest["channel_names"]))[channels]
+    in_mixture = np.flatnonzero(selected == self.reference_channel)
     for i, record in enumerate(records):  # per example: one converting copy per field
-      batch["mixture"][i] = record["mixture"][:, self.input_channels]
+      batch["mixture"][i] = record["mixture"][:, channels]
       batch["sources"][i] = record[self.target]
       batch["noise"][i] = record["noise"]
-      batch["mixture_reference"][i] = record["mixture"][:, self.reference_channel]
+      if len(in_mixture):
+        batch["mixture_reference"][i] = batch["mixture"][i, :, in_mixture[0]]
+      else:
+        batch["mixture_reference"][i] = record["mixture"][:, self.reference_channel]
       for key in self.metadata_keys:
         batch[key][i] = record[key]
     return batch
+
+  def _channel_selection(self):
+    """input_channels as a slice where they are a run of stored channels (no gather copy)."""
+    first = int(self.input_channels[0])
+    if np.array_equal(self.input_channels, np.arange(first, first + len(self.input_channels))):
+      return slice(first, first + len(self.input_channels))
+    return self.input_channels
 
   def _dynamic_mix(self, records: list[dict[str, np.ndarray]], batch_number: int
                    ) -> dict[str, np.ndarray]:
