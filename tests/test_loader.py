@@ -215,3 +215,20 @@ def test_float16_hand_over_and_grain_worker_processes_give_the_same_batches(shar
     assert set(ref) == set(got)
     for key in ref:
       np.testing.assert_array_equal(np.asarray(got[key], ref[key].dtype), ref[key])
+
+
+@pytest.mark.parametrize("byteorder", ["<", ">"])
+def test_half_to_host_is_numpy_cast_for_every_float16(byteorder):
+  every = np.arange(2 ** 16, dtype=np.uint16).view(np.float16)
+  finite = every[np.isfinite(every)]
+  for values in (finite, every, finite[::-3]):  # without and with inf/NaN, strided
+    values = values.astype(np.dtype(np.float16).newbyteorder(byteorder))
+    out = np.empty(values.shape, np.float32)
+    loader.half_to_host(out, values)
+    np.testing.assert_array_equal(out.view(np.uint32)[np.isfinite(values)],
+                                  values.astype(np.float32).view(np.uint32)[np.isfinite(values)])
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(values))
+    np.testing.assert_array_equal(out[np.isinf(values)], values[np.isinf(values)])
+  half = np.empty(4, np.float16)
+  loader.half_to_host(half, finite[:4])  # same dtype: a plain copy
+  np.testing.assert_array_equal(half, finite[:4])
