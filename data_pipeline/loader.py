@@ -116,6 +116,38 @@ def process_slice(global_indices: np.ndarray, global_batch_size: int, process_in
   return global_indices[process_index * local:(process_index + 1) * local]
 
 
+_HALF_EXPONENT_SHIFT = np.float32(2.0 ** 112)  # 2 ** (127 - 15): float16 -> float32 bias
+_SMALLEST_SUBNORMAL = np.float32(2.0 ** -149)
+
+
+def half_to_host(out: np.ndarray, values: np.ndarray) -> None:
+  """out[...] = values: a copy, or for float16 -> float32 a bit-exact conversion ~2x numpy's.
+
+  Hand-written because numpy's float16 -> float32 cast is scalar code in builds whose
+  baseline lacks F16C (~0.5 G samples/s per core, the largest cost of a float32 batch).
+  The sign-extended float16 bits shifted into float32 position, with the three spare
+  exponent bits cleared, are the float32 of value * 2**-112 (subnormals included), so
+  one multiply by 2**112 finishes it; four SIMD passes. Falls back to numpy's cast for
+  inf/NaN (|result| >= 2**16, beyond float16's largest finite 65504) and in threads
+  that treat subnormal inputs as zero (DAZ, set by some runtimes' worker threads).
+  tests/test_loader.py checks every float16 bit pattern against numpy.
+  """
+  if not (out.dtype == np.float32 and values.dtype == np.float16):
+    out[...] = values
+    return
+  if _SMALLEST_SUBNORMAL * _HALF_EXPONENT_SHIFT == 0:  # DAZ in this thread
+    np.copyto(out, values, casting="unsafe")
+    return
+  bits = out.view(np.int32)
+  as_int16 = np.dtype(np.int16).newbyteorder(values.dtype.byteorder)
+  np.copyto(bits, values.view(as_int16))  # sign-extends
+  np.left_shift(bits, 13, out=bits)
+  np.bitwise_and(bits, np.int32(-0x70000001), out=bits)  # keep sign | 5-bit exponent | mantissa
+  np.multiply(out, _HALF_EXPONENT_SHIFT, out=out)
+  if out.size and (out.max() >= 65536.0 or out.min() <= -65536.0):  # inf or NaN present
+    np.copyto(out, values, casting="unsafe")
+
+
 class BatchAssembler:
   """Batch number -> numpy batch dict (DESIGN.md batch contract); picklable, opens shards lazily."""
 
@@ -145,6 +177,7 @@ class BatchAssembler:
     self.decode_keys = (["mixture", self.target, "noise"] + self.metadata_keys
                         + (["images"] if self.dynamic_mixing else []))
     self._source = None
+    shards.keep_freed_memory()  # before the loader's threads start (see there)
 
   def __getstate__(self):
     state = self.__dict__.copy()
@@ -154,6 +187,7 @@ class BatchAssembler:
   @property
   def source(self):
     if self._source is None:
+      shards.keep_freed_memory()  # here, so that Grain's worker processes get it too
       _, self._source = shards.open_split(self.shards_dir, self.split)
     return self._source
 
@@ -179,24 +213,51 @@ class BatchAssembler:
 
   def __call__(self, batch_number: int) -> dict[str, np.ndarray]:
     indices = self.example_indices(int(batch_number))
-    raw = self.source.__getitems__([int(i) for i in indices]) if len(indices) else []
-    records = [shards.decode_record(data, self.spec, self.decode_keys) for data in raw]
+    records = self.read_records(indices)
     if self.dynamic_mixing:
       return self._dynamic_mix(records, int(batch_number))
     return self._stack(records)
+
+  def read_records(self, indices: np.ndarray) -> list[dict[str, np.ndarray]]:
+    """Decoded records (views of their bytes) of `indices`, in that order.
+
+    One record at a time in file order, in the calling thread: the loaders already run
+    several batches in parallel, and ``__getitems__`` would start a thread pool per
+    batch (slower here, see shards.READER_OPTIONS).
+    """
+    source = self.source
+    raw = [None] * len(indices)
+    for slot in np.argsort(indices, kind="stable"):
+      raw[slot] = source[int(indices[slot])]
+    return [shards.decode_record(data, self.spec, self.decode_keys) for data in raw]
 
   def _stack(self, records: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     signature = self.output_signature()
     b = len(records)
     batch = {key: np.empty((b,) + shape[1:], dtype) for key, (shape, dtype) in signature.items()}
+    channels = self._channel_selection()
+    # The reference mic is usually an input too: copy it from the converted mixture
+    # (float16 -> float32 conversion is the costliest step of a float32 batch).
+    selected = np.arange(len(self.manifest["channel_names"]))[channels]
+    in_mixture = np.flatnonzero(selected == self.reference_channel)
     for i, record in enumerate(records):  # per example: one converting copy per field
-      batch["mixture"][i] = record["mixture"][:, self.input_channels]
-      batch["sources"][i] = record[self.target]
-      batch["noise"][i] = record["noise"]
-      batch["mixture_reference"][i] = record["mixture"][:, self.reference_channel]
+      half_to_host(batch["mixture"][i], record["mixture"][:, channels])
+      half_to_host(batch["sources"][i], record[self.target])
+      half_to_host(batch["noise"][i], record["noise"])
+      if len(in_mixture):
+        batch["mixture_reference"][i] = batch["mixture"][i, :, in_mixture[0]]
+      else:
+        batch["mixture_reference"][i] = record["mixture"][:, self.reference_channel]
       for key in self.metadata_keys:
         batch[key][i] = record[key]
     return batch
+
+  def _channel_selection(self):
+    """input_channels as a slice where they are a run of stored channels (no gather copy)."""
+    first = int(self.input_channels[0])
+    if np.array_equal(self.input_channels, np.arange(first, first + len(self.input_channels))):
+      return slice(first, first + len(self.input_channels))
+    return self.input_channels
 
   def _dynamic_mix(self, records: list[dict[str, np.ndarray]], batch_number: int
                    ) -> dict[str, np.ndarray]:

@@ -135,7 +135,7 @@ def decode_record(data: bytes, spec: Mapping[str, tuple[tuple[int, ...], np.dtyp
 
   keys: the fields to return (default all of the spec).
   """
-  fields = example_byte_fields(data)
+  fields = cached_byte_fields(data)
   out = {}
   for key in spec if keys is None else keys:
     shape, dtype = spec[key]
@@ -143,6 +143,42 @@ def decode_record(data: bytes, spec: Mapping[str, tuple[tuple[int, ...], np.dtyp
       raise ValueError(f"record has no field {key!r}; the shards were rendered without it")
     out[key] = np.frombuffer(fields[key], dtype=dtype.newbyteorder("<")).reshape(shape)
   return out
+
+
+class _Layout:
+  """Where each field's payload sits in a serialised record, plus the bytes around them.
+
+  All records of a dataset have the same fields and sizes and are serialised
+  deterministically, so their wire bytes differ only inside the payloads. A
+  record whose non-payload bytes (the gaps) equal the cached ones has exactly
+  the cached parse; checking ~20 short gaps costs microseconds where walking the
+  wire format in Python costs ~0.1 ms per record.
+  """
+
+  def __init__(self, data: bytes):
+    view = memoryview(data)
+    spans = sorted((start, stop, key) for key, (start, stop) in example_field_spans(view).items())
+    self.size = len(view)
+    self.fields = {key: (start, stop) for start, stop, key in spans}
+    bounds = [0] + [b for start, stop, _ in spans for b in (start, stop)] + [len(view)]
+    self.gaps = [(bounds[i], bounds[i + 1], bytes(view[bounds[i]:bounds[i + 1]]))
+                 for i in range(0, len(bounds), 2)]
+
+  def matches(self, view: memoryview) -> bool:
+    return len(view) == self.size and all(view[a:b] == gap for a, b, gap in self.gaps)
+
+
+_LAYOUTS: dict[int, _Layout] = {}
+
+
+def cached_byte_fields(data: bytes) -> dict[str, memoryview]:
+  """``example_byte_fields`` via a per-record-size cached layout (see ``_Layout``)."""
+  view = memoryview(data)
+  layout = _LAYOUTS.get(len(view))
+  if layout is None or not layout.matches(view):
+    layout = _Layout(view)
+    _LAYOUTS[len(view)] = layout  # racing threads write equal layouts
+  return {key: view[start:stop] for key, (start, stop) in layout.fields.items()}
 
 
 def _varint(view: memoryview, position: int) -> tuple[int, int]:
@@ -157,46 +193,54 @@ def _varint(view: memoryview, position: int) -> tuple[int, int]:
 
 
 def _length_delimited(view: memoryview, start: int, end: int):
-  """(field number, payload view) of each length-delimited field in view[start:end]."""
+  """(field number, payload start, payload stop) of each length-delimited field in
+  view[start:end]."""
   position = start
   while position < end:
     tag, position = _varint(view, position)
     if tag & 7 != 2:
       raise ValueError("record is not a tf.train.Example of byte fields; re-render the shards")
     size, position = _varint(view, position)
-    yield tag >> 3, view[position:position + size]
+    yield tag >> 3, position, position + size
     position += size
 
 
-def example_byte_fields(data: bytes) -> dict[str, memoryview]:
-  """{feature name: its single bytes value} of a serialised tf.train.Example, as views.
+def example_field_spans(data) -> dict[str, tuple[int, int]]:
+  """{feature name: (start, stop) of its single bytes value} in a serialised tf.train.Example.
 
   Hand-written for speed: protobuf's parser copies every bytes field (about 0.6 GB/s on
   a 2-core host, more than half of a batch's time); walking the wire format
   (Example.features=1 -> Features.feature=1 map entries {key=1, value=2} ->
-  Feature.bytes_list=1 -> BytesList.value=1) returns zero-copy slices instead.
+  Feature.bytes_list=1 -> BytesList.value=1) locates the payloads without copying.
   `tests/test_shards.py` checks it against the proto decoder and TFDS.
   """
   view = memoryview(data)
   fields = {}
-  for number, features in _length_delimited(view, 0, len(view)):
+  for number, f_start, f_stop in _length_delimited(view, 0, len(view)):
     if number != 1:
       continue
-    for entry_number, entry in _length_delimited(features, 0, len(features)):
+    for entry_number, e_start, e_stop in _length_delimited(view, f_start, f_stop):
       if entry_number != 1:
         continue
       key, value = None, None
-      for part_number, part in _length_delimited(entry, 0, len(entry)):
+      for part_number, p_start, p_stop in _length_delimited(view, e_start, e_stop):
         if part_number == 1:
-          key = bytes(part).decode()
+          key = bytes(view[p_start:p_stop]).decode()
         elif part_number == 2:
-          for kind, values in _length_delimited(part, 0, len(part)):
+          for kind, k_start, k_stop in _length_delimited(view, p_start, p_stop):
             if kind == 1:  # bytes_list
-              for _, value in _length_delimited(values, 0, len(values)):
+              for _, v_start, v_stop in _length_delimited(view, k_start, k_stop):
+                value = (v_start, v_stop)
                 break
       if key is not None and value is not None:
         fields[key] = value
   return fields
+
+
+def example_byte_fields(data) -> dict[str, memoryview]:
+  """{feature name: its single bytes value} of a serialised tf.train.Example, as zero-copy views."""
+  view = memoryview(data)
+  return {key: view[start:stop] for key, (start, stop) in example_field_spans(view).items()}
 
 
 # ---------------------------------------------------------------- file layout
@@ -395,12 +439,48 @@ def split_paths(shards_dir: str, manifest: Mapping[str, Any], split: str) -> lis
   return [os.path.join(shards_dir, s["file"]) for s in manifest["splits"][split]]
 
 
+# Reader options for random access by one thread at a time: ArrayRecord's default
+# read path hands even a single record to its thread pool, which costs ~5x the read
+# itself on a 2-core host; the loaders get their parallelism from their own threads.
+READER_OPTIONS = {"max_parallelism": "1"}
+
+
 def open_split(shards_dir: str, split: str):
   """(manifest, random-access source of record bytes) for one split.
 
-  The source is Grain's ``ArrayRecordDataSource``: ``len()``, ``source[i]`` and
-  ``source.__getitems__(indices)`` (threaded batch read) over the split's shards.
+  The source is Grain's ``ArrayRecordDataSource`` (reader options ``READER_OPTIONS``):
+  ``len()``, ``source[i]`` and ``source.__getitems__(indices)`` over the split's shards.
   """
   import grain
   manifest = read_manifest(shards_dir)
-  return manifest, grain.sources.ArrayRecordDataSource(split_paths(shards_dir, manifest, split))
+  return manifest, grain.sources.ArrayRecordDataSource(split_paths(shards_dir, manifest, split),
+                                                       reader_options=READER_OPTIONS)
+
+
+def keep_freed_memory() -> bool:
+  """Makes glibc's malloc reuse freed large blocks instead of returning them to the kernel.
+
+  Every record read allocates ~0.7 MB and every batch ~10 MB. With glibc's defaults
+  such blocks are mmap'ed fresh and unmapped when freed (or the heap top is trimmed),
+  so each byte is page-faulted and zeroed by the kernel again: on a 2-core VM that
+  was ~75% of the loader's time (perf: exc_page_fault, clear_page). Raising the
+  mmap and trim thresholds (the MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_
+  tunables, set here because the process is already running) keeps those pages in
+  the heap for reuse; the cost is that the process keeps its peak heap. Process-wide
+  and idempotent; returns False (no change) where glibc is not the allocator.
+  """
+  global _MALLOC_TUNED
+  if _MALLOC_TUNED is None:
+    _MALLOC_TUNED = False
+    try:
+      import ctypes
+      libc = ctypes.CDLL("libc.so.6")
+      m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+      _MALLOC_TUNED = bool(libc.mallopt(m_mmap_threshold, 32 << 20)  # glibc's maximum
+                           and libc.mallopt(m_trim_threshold, 1 << 30))
+    except (OSError, AttributeError):
+      pass
+  return _MALLOC_TUNED
+
+
+_MALLOC_TUNED = None

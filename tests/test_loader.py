@@ -57,13 +57,17 @@ def test_backends_yield_identical_batches(shards_dir, train):
   assert_batches_equal(*per_backend)
 
 
-def test_batch_matches_records_and_channel_selection(shards_dir):
-  config = make_config(loader="grain")
+@pytest.mark.parametrize("input_channels", [("R_front", "L_tmic"), ("L_back", "L_tmic", "R_front"),
+                                            ("R_front", "R_back"),
+                                            CHANNELS])
+def test_batch_matches_records_and_channel_selection(shards_dir, input_channels):
+  config = make_config(loader="grain", input_channels=input_channels)
   batch = next(loader.make_loader(config, shards_dir, "train", train=True, batch_size=4,
                                   process_index=0, process_count=1))
   ids = batch["example_id"]
   np.testing.assert_array_equal(ids, loader.epoch_permutation(config.seed, 0, NUM_TRAIN)[:4])
-  assert batch["mixture"].shape == (4, SEGMENT, 2) and batch["mixture"].dtype == np.float32
+  assert batch["mixture"].shape == (4, SEGMENT, len(input_channels))
+  assert batch["mixture"].dtype == np.float32
   assert batch["sources"].shape == (4, 2, SEGMENT) and batch["noise"].shape == (4, SEGMENT)
   channels = [CHANNELS.index(c) for c in config.data.input_channels]
   for i, example_id in enumerate(ids):
@@ -71,6 +75,8 @@ def test_batch_matches_records_and_channel_selection(shards_dir):
     np.testing.assert_array_equal(batch["mixture"][i], record["mixture"][:, channels].astype(np.float32))
     np.testing.assert_array_equal(batch["sources"][i], record["reverberant"].astype(np.float32))
     np.testing.assert_array_equal(batch["noise"][i], record["noise"].astype(np.float32))
+    np.testing.assert_array_equal(batch["mixture_reference"][i],
+                                  record["mixture"][:, CHANNELS.index("L_tmic")].astype(np.float32))
     for key in ("azimuth_deg", "speaker_index", "rt60", "snr_db", "f0_hz"):
       np.testing.assert_array_equal(batch[key][i], record[key])
 
@@ -209,3 +215,20 @@ def test_float16_hand_over_and_grain_worker_processes_give_the_same_batches(shar
     assert set(ref) == set(got)
     for key in ref:
       np.testing.assert_array_equal(np.asarray(got[key], ref[key].dtype), ref[key])
+
+
+@pytest.mark.parametrize("byteorder", ["<", ">"])
+def test_half_to_host_is_numpy_cast_for_every_float16(byteorder):
+  every = np.arange(2 ** 16, dtype=np.uint16).view(np.float16)
+  finite = every[np.isfinite(every)]
+  for values in (finite, every, finite[::-3]):  # without and with inf/NaN, strided
+    values = values.astype(np.dtype(np.float16).newbyteorder(byteorder))
+    out = np.empty(values.shape, np.float32)
+    loader.half_to_host(out, values)
+    np.testing.assert_array_equal(out.view(np.uint32)[np.isfinite(values)],
+                                  values.astype(np.float32).view(np.uint32)[np.isfinite(values)])
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(values))
+    np.testing.assert_array_equal(out[np.isinf(values)], values[np.isinf(values)])
+  half = np.empty(4, np.float16)
+  loader.half_to_host(half, finite[:4])  # same dtype: a plain copy
+  np.testing.assert_array_equal(half, finite[:4])

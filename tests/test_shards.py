@@ -197,3 +197,40 @@ def test_wire_format_walk_equals_the_protobuf_parser():
   assert set(fields) == set(parsed)
   for key, view in fields.items():
     assert bytes(view) == parsed[key].bytes_list.value[0], key
+
+
+def test_cached_layout_decode_equals_the_protobuf_parser():
+  """decode_record reuses a cached field layout; every record must still parse as protobuf does."""
+  from tensorflow_datasets.proto import tf_example_pb2
+  plain, with_images = spec(False), spec(True)
+  encoded = []
+  for index in range(6):  # alternate two record sizes so the cache sees both, repeatedly
+    store_images = bool(index % 2)
+    record = fake_example("train", index, store_images=store_images)
+    encoded.append((shards.encode_record(record, with_images if store_images else plain),
+                    with_images if store_images else plain))
+  # Same length as a real record, different non-payload bytes: must not reuse the layout.
+  renamed = tf_example_pb2.Example.FromString(encoded[0][0])
+  renamed.features.feature["noisE"].CopyFrom(renamed.features.feature["noise"])
+  del renamed.features.feature["noise"]
+  encoded.append((renamed.SerializeToString(deterministic=True), None))
+  encoded.append(encoded[0])
+  for data, record_spec in encoded:
+    parsed = tf_example_pb2.Example.FromString(data).features.feature
+    fields = shards.cached_byte_fields(data)
+    assert set(fields) == set(parsed)
+    for key, view in fields.items():
+      assert bytes(view) == parsed[key].bytes_list.value[0], key
+    if record_spec is not None:
+      for key, value in shards.decode_record(data, record_spec).items():
+        shape, dtype = record_spec[key]
+        expected = np.frombuffer(parsed[key].bytes_list.value[0], dtype).reshape(shape)
+        np.testing.assert_array_equal(value, expected, err_msg=key)
+  assert len(encoded[-2][0]) == len(encoded[0][0])
+
+
+def test_keep_freed_memory_is_idempotent():
+  first = shards.keep_freed_memory()
+  assert shards.keep_freed_memory() is first
+  if sys.platform == "linux" and os.path.exists("/lib/x86_64-linux-gnu/libc.so.6"):
+    assert first  # glibc accepted both thresholds
