@@ -114,3 +114,23 @@ def test_bad_inputs_raise():
     features.spatial_features(jnp.zeros((1, 100, 2)), ("itd",), n_fft=N_FFT)
   with pytest.raises(ValueError, match="feature_pair"):
     features.ipd(jnp.zeros((1, 100, 2)), (0, 2), n_fft=N_FFT)
+
+
+def test_feature_scale_diagnostic_shares_sum_to_one(smoke_dataset):
+  """launch/feature_scale.py: per-part variance shares of the joint norm add up to 100%."""
+  import re
+  import subprocess
+  import sys
+  from tests.conftest import ROOT
+  shards, cache = smoke_dataset
+  out = subprocess.run(
+      [sys.executable, f"{ROOT}/launch/feature_scale.py", "--config=configs/ild_ipd.py:smoke",
+       f"--config.data.shards_dir={shards}", f"--config.data.cache_dir={cache}", "--batches=1"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  shares = [float(x) for x in re.findall(r"share of variance\s+([\d.]+)%", out.stdout)]
+  assert len(shares) == 3 and abs(sum(shares) - 100.0) < 0.1
+  mono = subprocess.run([sys.executable, f"{ROOT}/launch/feature_scale.py",
+                         "--config=configs/mono.py:smoke"], cwd=ROOT, capture_output=True,
+                        text=True, timeout=120)
+  assert mono.returncode == 2 and "concatenated features" in mono.stderr
