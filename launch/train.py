@@ -24,6 +24,12 @@ def main(argv):
     print(f"Done: step {result['step']}; best val SI-SDRi {best['val_sisdri']:.2f} dB "
           f"at step {best['step']}; checkpoints in {workdir}/checkpoints")
   if config.eval.after_training and not result["interrupted"]:
+    import jax
+    if jax.process_count() > 1:
+      if jax.process_index() == 0:
+        print(f"Multi-process run: evaluate it in one process with `python launch/evaluate.py "
+              f"--config=<the same config> --workdir={workdir}`")
+      return
     from spatialsep_jax import evaluation
     common.print_evaluation(evaluation.run_evaluation(config, workdir, which="best"))
 

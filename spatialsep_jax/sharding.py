@@ -13,12 +13,30 @@ DATA_AXIS = "data"
 
 
 def maybe_initialize_distributed() -> None:
-  """Joins a multi-process run when launched as one (coordinator env vars set)."""
+  """Joins a multi-process run when launched as one; call it before anything touches a
+  JAX backend.
+
+  A run is multi-process when JAX_COORDINATOR_ADDRESS (host:port of process 0) is set
+  together with JAX_NUM_PROCESSES and JAX_PROCESS_ID (e.g. one process per GPU on one
+  host, or one per host), or when JAX detects a cluster itself (SLURM).
+  """
   import os
-  if jax.process_count() > 1:
+  if jax.distributed.is_initialized():
     return
-  if os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("SLURM_NTASKS"):
-    jax.distributed.initialize()
+  address = os.environ.get("JAX_COORDINATOR_ADDRESS")
+  if not address and not os.environ.get("SLURM_NTASKS"):
+    return
+  kwargs = {}
+  if address and os.environ.get("JAX_NUM_PROCESSES"):
+    if "JAX_PROCESS_ID" not in os.environ:
+      raise ValueError("JAX_NUM_PROCESSES is set but JAX_PROCESS_ID is not; give every "
+                       "process its index 0..JAX_NUM_PROCESSES-1")
+    kwargs = dict(coordinator_address=address,
+                  num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+                  process_id=int(os.environ["JAX_PROCESS_ID"]))
+  # CPU processes exchange gradients through gloo (GPUs use NCCL whatever this says).
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(**kwargs)
 
 
 def make_mesh(devices=None) -> Mesh:

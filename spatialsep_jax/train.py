@@ -156,7 +156,7 @@ def build_programs(config, mesh=None) -> Programs:
                        in_shardings=(replicated, batched), out_shardings=(replicated, replicated),
                        donate_argnums=0)
   eval_step = jax.jit(make_eval_step(config, model), in_shardings=(replicated, batched),
-                      out_shardings=batched)
+                      out_shardings=replicated)  # small per-example vectors, readable on every process
   init = jax.jit(lambda rng: init_state(config, model, optimizer, rng), out_shardings=replicated)
   return Programs(mesh, model, optimizer, train_step, eval_step, init)
 
