@@ -56,8 +56,9 @@ def get_base_config(variant: str = "") -> ml_collections.ConfigDict:
   data.cache_dir = ""                 # corpus/RIR caches; default ./.cache
   data.loader = "auto"                # auto | tfdata | grain
   data.loader_workers = 0             # Grain worker processes (0 = threads in this process)
-  data.host_audio_dtype = "float32"   # float16 hands the shards' samples over unconverted;
-                                      # the jitted step casts them to float32 on the device
+  data.host_audio_dtype = "float16"   # the shards' own float16 samples, unconverted (lossless,
+                                      # half the bytes); the jitted step casts them on the
+                                      # device. float32 converts on the host.
   data.dynamic_mixing = False
   data.prefetch = 2
   data.espeak = ml_collections.ConfigDict(

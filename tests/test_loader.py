@@ -18,6 +18,7 @@ def make_config(**data_overrides):
   config.data.input_channels = ("R_front", "L_tmic")
   config.data.target = "reverberant"
   config.seed = 3
+  config.data.host_audio_dtype = "float32"  # the host-conversion path; float16 tests set it
   for key, value in data_overrides.items():
     config.data[key] = value
   return config
