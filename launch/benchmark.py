@@ -19,8 +19,8 @@ import common
 from absl import app, flags
 
 _CONFIG = common.define_config_flags()
-flags.DEFINE_list("what", ["render", "loader"], "render, loader, step, latency")
-flags.DEFINE_integer("num_examples", 64, "examples timed for the render benchmark")
+flags.DEFINE_list("what", ["render", "loader"], "render, loader, step, latency, evaluation")
+flags.DEFINE_integer("num_examples", 64, "examples timed for the render and evaluation benchmarks")
 flags.DEFINE_integer("loader_examples", 512, "examples in the shards the loaders read")
 flags.DEFINE_integer("loader_batches", 40, "batches timed per loader backend")
 flags.DEFINE_list("loader_settings", ["float32:0", "float16:0", "float16:2"],
@@ -222,6 +222,26 @@ def bench_latency(base_arg: str, workdir: str) -> None:
                       "ms_per_audio_s": 1e3 * seconds / config.data.segment_seconds})
 
 
+def bench_evaluation(workdir: str) -> None:
+  """CPU metric throughput of the test evaluation: every metric (SI-SDR, BSS-eval SDR, STOI,
+  PESQ) on estimates and mixture, and again after the CI vocoder, for 4-s two-talker
+  mixtures at 8 kHz in a pool of one worker per core (the model's forward pass excluded)."""
+  import numpy as np
+  from spatialsep_jax import metrics
+  rng = np.random.default_rng(0)
+  examples = []
+  for _ in range(FLAGS.num_examples):
+    references = rng.normal(size=(2, 32000))
+    examples.append((references[::-1] + 0.3 * rng.normal(size=(2, 32000)), references,
+                     references.sum(axis=0)))
+  start = time.perf_counter()
+  metrics.evaluate_many(examples, 8000, ("sisdr", "sdr", "stoi", "pesq"), num_workers=0,
+                        progress=True, vocoder_config={})
+  elapsed = time.perf_counter() - start
+  _record(workdir, {"benchmark": "evaluation", "num_examples": len(examples),
+                    "mixtures_per_s": len(examples) / elapsed})
+
+
 def write_markdown(workdir: str) -> str:
   rows = [json.loads(line) for line in open(os.path.join(workdir, "results.jsonl"))]
   lines = ["| benchmark | what | figure | device | command |", "| --- | --- | --- | --- | --- |"]
@@ -241,6 +261,10 @@ def write_markdown(workdir: str) -> str:
                 f"first step {r['compile_and_first_step_s']:.0f} s, peak "
                 f"{r['peak_memory_gib']:.1f} GiB")
       r.setdefault("jax", f"torch {r['torch']}")
+    elif r["benchmark"] == "evaluation":
+      what = (f"test metrics + vocoded metrics, {r['num_examples']} 4-s two-talker mixtures, "
+              "one worker per core")
+      figure = f"{r['mixtures_per_s']:.2f} mixtures/s"
     elif r["benchmark"] == "latency":
       what = f"{r['config']} ({r['dtype']}), one {r['segment_s']} s mixture"
       figure = f"{r['ms_per_audio_s']:.1f} ms per second of audio"
@@ -266,9 +290,9 @@ def main(argv):
   common.setup_logging()
   config = _CONFIG.value
   workdir = FLAGS.workdir or os.path.join("benchmarks", "local")
-  unknown = set(FLAGS.what) - {"render", "loader", "step", "latency"}
+  unknown = set(FLAGS.what) - {"render", "loader", "step", "latency", "evaluation"}
   if unknown:
-    common.fail(f"--what has {sorted(unknown)}; use render, loader, step, latency")
+    common.fail(f"--what has {sorted(unknown)}; use render, loader, step, latency, evaluation")
   if "render" in FLAGS.what:
     bench_render(config, workdir)
   if "loader" in FLAGS.what:
@@ -277,6 +301,8 @@ def main(argv):
     bench_step(common.config_variant(), workdir)
   if "latency" in FLAGS.what:
     bench_latency(common.config_variant(), workdir)
+  if "evaluation" in FLAGS.what:
+    bench_evaluation(workdir)
   print(f"table: {write_markdown(workdir)}")
 
 

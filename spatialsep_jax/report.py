@@ -157,8 +157,9 @@ def paired_differences(rows_a: dict[int, dict], rows_b: dict[int, dict],
   from spatialsep_jax import evaluation
   shared = sorted(set(rows_a) & set(rows_b))
   subsets = {"all": shared}
-  for name, lo, hi in evaluation.SEPARATION_BINS:
-    subsets[name] = [i for i in shared if lo <= float(rows_a[i]["separation_deg"]) < hi]
+  binned = evaluation._binned([rows_a[i] for i in shared], "separation_deg",
+                              evaluation.SEPARATION_BINS)
+  subsets.update({name: [int(r["example_id"]) for r in rows] for name, rows in binned.items()})
   for pair in ("same-sex", "female-male"):
     subsets[pair] = [i for i in shared if rows_a[i]["sex_pair"] == pair]
   out = {}
