@@ -90,7 +90,8 @@ def _metric_columns(result: dict) -> dict:
           for k, v in result.items() if k != "perm"}
 
 
-def _read_rows(path: str) -> list[dict]:
+def read_rows(path: str) -> list[dict]:
+  """The rows of a rows.csv (values parsed back to numbers and booleans); [] when missing."""
   if not os.path.exists(path):
     return []
   with open(path, newline="") as f:
@@ -122,7 +123,7 @@ def run_evaluation(config, workdir: str, *, which: str = "best", split: str | No
   out_dir = os.path.join(workdir, "eval", f"{split}-{which}-step{step}")
   os.makedirs(out_dir, exist_ok=True)
   rows_path = os.path.join(out_dir, "rows.csv")
-  done = {int(r["example_id"]) for r in _read_rows(rows_path)}
+  done = {int(r["example_id"]) for r in read_rows(rows_path)}
   total = manifest["counts"][split]
   if config.eval.max_examples:
     total = min(total, config.eval.max_examples)
@@ -175,7 +176,7 @@ def run_evaluation(config, workdir: str, *, which: str = "best", split: str | No
       pool.join()
     if handle:
       handle.close()
-  summary = summarize_rows(_read_rows(rows_path))
+  summary = summarize_rows(read_rows(rows_path))
   summary.update(split=split, checkpoint=which, step=int(step), workdir=workdir,
                  config=config.name)
   with open(os.path.join(out_dir, "summary.json"), "w") as f:
@@ -200,12 +201,14 @@ def _save_example_wavs(out_dir, example_id, mixture, references, estimates, rate
       soundfile.write(os.path.join(folder, f"{example_id:05d}_s{s}_{name}.wav"), audio, rate)
 
 
-def _ci(values) -> dict:
+def mean_ci(values) -> dict:
+  """{"mean", "ci95": [lo, hi], "n"} of values (Student t, nan ignored)."""
   mean, lo, hi = metrics_lib.mean_ci95(values)
   return {"mean": mean, "ci95": [lo, hi], "n": int(np.sum(np.isfinite(np.asarray(values, float))))}
 
 
-def _binned(rows, key, bins):
+def binned(rows, key, bins):
+  """{bin name: rows with lo <= row[key] < hi} for (name, lo, hi) in bins."""
   return {name: [r for r in rows if lo <= float(r[key]) < hi] for name, lo, hi in bins}
 
 
@@ -214,19 +217,19 @@ def summarize_rows(rows: list[dict]) -> dict:
   metrics = [m for m in SUMMARY_METRICS if rows and m in rows[0]]
 
   def stats(subset):
-    return {m: _ci([r[m] for r in subset]) for m in metrics} if subset else {}
+    return {m: mean_ci([r[m] for r in subset]) for m in metrics} if subset else {}
 
   groups = {
-      "separation": _binned(rows, "separation_deg", SEPARATION_BINS),
+      "separation": binned(rows, "separation_deg", SEPARATION_BINS),
       "front_back": {"cone of confusion": [r for r in rows if r["front_back_confusable"]],
                      "distinct lateral angles": [r for r in rows
                                                  if not r["front_back_confusable"]]},
       "sex_pair": {p: [r for r in rows if r["sex_pair"] == p]
                    for p in ("female-male", "same-sex", "unknown")},
-      "f0_distance": _binned([r for r in rows if np.isfinite(r["f0_distance_semitones"])],
+      "f0_distance": binned([r for r in rows if np.isfinite(r["f0_distance_semitones"])],
                              "f0_distance_semitones", F0_BINS),
-      "rt60": _binned(rows, "rt60", RT60_BINS),
-      "tir": _binned(rows, "tir_db", TIR_BINS),
+      "rt60": binned(rows, "rt60", RT60_BINS),
+      "tir": binned(rows, "tir_db", TIR_BINS),
   }
   return {"num_examples": len(rows), "overall": stats(rows),
           "breakdowns": {g: {name: stats(subset) for name, subset in bins.items() if subset}

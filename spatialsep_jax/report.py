@@ -147,7 +147,7 @@ def build_report(root: str, out_dir: str, names: list[str], variant: str = "",
 def _rows(run: dict) -> dict[int, dict]:
   from spatialsep_jax import evaluation
   path = os.path.join(run["eval_dir"] or "", "rows.csv")
-  return {int(r["example_id"]): r for r in evaluation._read_rows(path)}
+  return {int(r["example_id"]): r for r in evaluation.read_rows(path)}
 
 
 def paired_differences(rows_a: dict[int, dict], rows_b: dict[int, dict],
@@ -157,7 +157,7 @@ def paired_differences(rows_a: dict[int, dict], rows_b: dict[int, dict],
   from spatialsep_jax import evaluation
   shared = sorted(set(rows_a) & set(rows_b))
   subsets = {"all": shared}
-  binned = evaluation._binned([rows_a[i] for i in shared], "separation_deg",
+  binned = evaluation.binned([rows_a[i] for i in shared], "separation_deg",
                               evaluation.SEPARATION_BINS)
   subsets.update({name: [int(r["example_id"]) for r in rows] for name, rows in binned.items()})
   for pair in ("same-sex", "female-male"):
@@ -165,7 +165,7 @@ def paired_differences(rows_a: dict[int, dict], rows_b: dict[int, dict],
   out = {}
   for name, ids in subsets.items():
     if ids and metric in rows_a[ids[0]] and metric in rows_b[ids[0]]:
-      out[name] = evaluation._ci([float(rows_a[i][metric]) - float(rows_b[i][metric])
+      out[name] = evaluation.mean_ci([float(rows_a[i][metric]) - float(rows_b[i][metric])
                                   for i in ids])
   return out
 
