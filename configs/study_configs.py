@@ -1,8 +1,9 @@
 """The study's input configurations as field overrides, and the config-file helper.
 
 Every file in `configs/` is `get_config(arg)` where `arg` is a comma-separated
-list of tokens: a size variant (`smoke`, `gpu`, see `base.py`) and, for the
-feature configurations, the microphone set (`mono`, `uni`, `uni_fb`, `bi`).
+list of tokens: a size variant (`smoke`, `gpu`, see `base.py`), for the
+feature configurations the microphone set (`mono`, `uni`, `uni_fb`, `bi`), and
+`sepnorm` (the feature map gets its own layer norm: `model.feature_norm=separate`).
 Example: `--config=configs/ipd.py:uni,smoke`.
 """
 
@@ -16,30 +17,38 @@ MIC_SETS = {
     "bi": ("L_tmic", "R_tmic"),        # both T-mics
 }
 SIZE_VARIANTS = ("smoke", "gpu")
+MODEL_TOKENS = ("sepnorm",)
 
 
 def parse_arg(arg: str, default_mics: str):
-  """Splits `arg` into (size variant, microphone-set name)."""
-  size, mics = "", default_mics
+  """Splits `arg` into (size variant, microphone-set name, model tokens)."""
+  size, mics, model_tokens = "", default_mics, []
   for token in filter(None, (t.strip() for t in (arg or "").split(","))):
     if token in SIZE_VARIANTS:
       size = token
     elif token in MIC_SETS:
       mics = token
+    elif token in MODEL_TOKENS:
+      model_tokens.append(token)
     else:
       raise ValueError(
-          f"unknown config token {token!r}; use any of {SIZE_VARIANTS + tuple(MIC_SETS)}"
-          " separated by commas, e.g. ':bi,smoke'")
-  return size, mics
+          f"unknown config token {token!r}; use any of "
+          f"{SIZE_VARIANTS + tuple(MIC_SETS) + MODEL_TOKENS} separated by commas, e.g. ':bi,smoke'")
+  return size, mics, model_tokens
 
 
 def study_config(name: str, arg: str, *, mics: str, features=(), fusion="concat"):
-  size, mics = parse_arg(arg, mics)
+  size, mics, model_tokens = parse_arg(arg, mics)
   config = base.get_base_config(size)
   config.name = name if mics == _DEFAULT_MICS.get(name, mics) else f"{name}_{mics}"
   config.data.input_channels = MIC_SETS[mics]
   config.model.features = tuple(features)
   config.model.fusion = fusion
+  if "sepnorm" in model_tokens:
+    if not features or fusion != "concat":
+      raise ValueError(f"token 'sepnorm' normalises a concatenated feature map; {name} has none")
+    config.model.feature_norm = "separate"
+    config.name += "_sepnorm"
   return config
 
 

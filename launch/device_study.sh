@@ -16,11 +16,11 @@ python3 -c "import jax; print(jax.devices())" >/dev/null
 timeout ${STUDY_TIMEOUT:-470} python3 launch/study.py --variant=gpu --workdir=$STUDY --configs=$CONFIGS --parallel=${PARALLEL:-2} $SETS --report_dir=$STUDY/report 2>&1 | grep -v "it/s\]\|ex/s\]\|step/s\]" | tail -40
 # Runs of earlier calls on this (warm) machine whose test evaluation did not finish: resume it
 # (train.py resumes at the last step and evaluates) while the call has time left.
-MISSING=$(for d in $STUDY/*/; do [ -f $d/train_summary.json ] && ! ls $d/eval/*/summary.json >/dev/null 2>&1 && echo -n "$(basename $d),"; done)
+MISSING=$(for d in $STUDY/*/; do [ -f $d/train_summary.json ] && ! ls $d/eval/*/summary.json >/dev/null 2>&1 && echo -n "$(cat $d/study_entry.txt 2>/dev/null || basename $d),"; done)
 LEFT=$(( ${CALL_BUDGET:-570} - SECONDS ))
 if [ -n "$MISSING" ] && [ $LEFT -gt 90 ]; then
   echo "resuming evaluation of ${MISSING%,} ($LEFT s left)"
   timeout $LEFT python3 launch/study.py --variant=gpu --workdir=$STUDY --configs=${MISSING%,} --parallel=2 $SETS --report_dir=$STUDY/report 2>&1 | grep -v "it/s\]\|ex/s\]\|step/s\]" | tail -10
 fi
-for name in ${CONFIGS//,/ }; do tail -5 $STUDY/$name/train.log; done
-cd $STUDY && tar czf $OUT/results.tar.gz --exclude=checkpoints */config.json */train_summary.json */logs/metrics.jsonl */eval */train.log  report 2>/dev/null; ls -la $OUT
+for log in $STUDY/*/train.log; do echo "== $log"; tail -3 $log; done
+cd $STUDY && tar czf $OUT/results.tar.gz --exclude=checkpoints */config.json */study_entry.txt */train_summary.json */logs/metrics.jsonl */eval */train.log  report 2>/dev/null; ls -la $OUT

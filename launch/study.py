@@ -23,7 +23,9 @@ from absl import app, flags
 
 flags.DEFINE_string("workdir", "runs/study", "study folder: one sub-folder per configuration")
 flags.DEFINE_list("configs", ["mono", "unilateral", "bilateral", "ipd", "ild", "ild_ipd",
-                              "ipd_af"], "configuration files (configs/<name>.py) to compare")
+                              "ipd_af"], "configurations to compare: configs/<file>.py names, each "
+                  "optionally with extra tokens joined by '+', e.g. ipd:uni or ipd:sepnorm; "
+                  "each run's folder is its config.name (ipd_uni, ipd_sepnorm)")
 flags.DEFINE_string("variant", "", "config variant for every run: '', 'smoke' or 'gpu'")
 flags.DEFINE_multi_string("set", [], "a field override for every run, e.g. train.num_steps=2000")
 flags.DEFINE_integer("parallel", 1, "configurations trained at the same time")
@@ -32,22 +34,25 @@ flags.DEFINE_bool("report_only", False, "only (re)build the report from finished
 FLAGS = flags.FLAGS
 
 
-def _config_path(name: str) -> str:
+def _split_entry(entry: str) -> tuple[str, str]:
+  """'ipd:uni+sepnorm' -> ('ipd', the config arg 'gpu,uni,sepnorm' for --variant=gpu)."""
+  name, _, tokens = entry.partition(":")
   path = os.path.join(common.ROOT, "configs", f"{name}.py")
   if not os.path.exists(path):
     common.fail(f"no configs/{name}.py; --configs takes names of files in configs/")
-  return path
+  return name, ",".join(filter(None, [FLAGS.variant] + tokens.split("+")))
 
 
-def _load(name: str):
-  _config_path(name)
-  return common.load_named_config(name, FLAGS.variant, FLAGS.set)
+def _load(entry: str):
+  name, arg = _split_entry(entry)
+  return common.call_or_fail(common.load_named_config, name, arg, FLAGS.set)
 
 
-def _train_command(name: str, workdir: str) -> list[str]:
-  arg = f":{FLAGS.variant}" if FLAGS.variant else ""
+def _train_command(entry: str, workdir: str) -> list[str]:
+  name, arg = _split_entry(entry)
   return ([sys.executable, os.path.join(common.ROOT, "launch", "train.py"),
-           f"--config={_config_path(name)}{arg}", f"--workdir={workdir}"]
+           f"--config={os.path.join(common.ROOT, 'configs', name + '.py')}"
+           + (f":{arg}" if arg else ""), f"--workdir={workdir}"]
           + [f"--config.{item}" for item in FLAGS.set])
 
 
@@ -58,28 +63,33 @@ def main(argv):
   from spatialsep_jax import report
   root = FLAGS.workdir
   os.makedirs(root, exist_ok=True)
+  configs = {entry: _load(entry) for entry in FLAGS.configs}
+  folders = {entry: config.name for entry, config in configs.items()}
+  if len(set(folders.values())) != len(folders):
+    common.fail(f"--configs names the same run twice: {sorted(folders.values())}")
   if not FLAGS.report_only:
-    configs = {name: _load(name) for name in FLAGS.configs}
     fingerprints = {dataset.dataset_fingerprint(c) for c in configs.values()}
     if len(fingerprints) != 1:
       common.fail("the configurations render different data; give them the same data.* fields")
-    first = next(iter(configs.values()))
-    dataset.ensure_dataset(first)
+    dataset.ensure_dataset(next(iter(configs.values())))
     pending = list(configs)
     running: dict[str, tuple[subprocess.Popen, object]] = {}
     failures = []
     while pending or running:
       while pending and len(running) < FLAGS.parallel:
-        name = pending.pop(0)
+        entry = pending.pop(0)
+        name = folders[entry]
         workdir = os.path.join(root, name)
         if glob.glob(os.path.join(workdir, "eval", "*", "summary.json")) and os.path.exists(
             os.path.join(workdir, "train_summary.json")):
           print(f"[study] {name}: already trained and evaluated, skipped")
           continue
         os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "study_entry.txt"), "w") as f:
+          f.write(entry)  # the --configs entry that makes this run (ipd_uni <- ipd:uni)
         log = open(os.path.join(workdir, "train.log"), "a")
         print(f"[study] {name}: training -> {workdir} (log: {workdir}/train.log)")
-        running[name] = (subprocess.Popen(_train_command(name, workdir), stdout=log,
+        running[name] = (subprocess.Popen(_train_command(entry, workdir), stdout=log,
                                           stderr=subprocess.STDOUT, cwd=common.ROOT), log)
       time.sleep(2)
       for name, (process, log) in list(running.items()):
@@ -93,7 +103,7 @@ def main(argv):
     if failures:
       print(f"[study] failed: {failures}; see their train.log")
   out = FLAGS.report_dir or os.path.join(root, "report")
-  path = report.build_report(root, out, FLAGS.configs, variant=FLAGS.variant)
+  path = report.build_report(root, out, list(folders.values()), variant=FLAGS.variant)
   print(f"[study] report: {path}")
 
 

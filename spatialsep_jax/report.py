@@ -25,6 +25,10 @@ PAIRED_COMPARISONS = (
     ("ipd", "ild_ipd", "IPD vs IPD+ILD (finding 2)"),
     ("ipd", "mono", "IPD model vs one channel (findings 3, 4)"),
     ("ipd_af", "ipd", "attention fusion vs concatenation of the IPD map"),
+    ("ipd_uni", "unilateral", "explicit IPD over one CI's back mic + T-mic (finding 5)"),
+    ("ipd_sepnorm", "ipd", "IPD map normalised on its own vs the study's joint norm"),
+    ("ild_ipd_sepnorm", "ild_ipd", "IPD+ILD map normalised on its own vs the joint norm"),
+    ("ipd_sepnorm", "bilateral", "explicit IPD, own norm, over the same two channels"),
 )
 
 

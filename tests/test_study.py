@@ -11,14 +11,17 @@ def test_study_trains_evaluates_and_reports_each_configuration(smoke_dataset, tm
   shards, cache = smoke_dataset
   workdir = str(tmp_path / "study")
   command = [sys.executable, os.path.join(ROOT, "launch", "study.py"), "--variant=smoke",
-             f"--workdir={workdir}", "--configs=mono,bilateral", "--parallel=2",
+             f"--workdir={workdir}", "--configs=mono,bilateral,ipd:sepnorm", "--parallel=2",
              f"--set=data.shards_dir={shards}", f"--set=data.cache_dir={cache}",
              "--set=train.num_steps=2"]
   result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stdout + result.stderr
-  assert "[study] mono: done" in result.stdout and "[study] bilateral: done" in result.stdout
+  for name in ("mono", "bilateral", "ipd_sepnorm"):
+    assert f"[study] {name}: done" in result.stdout
+  saved = open(os.path.join(workdir, "ipd_sepnorm", "config.json")).read()
+  assert '"feature_norm": "separate"' in saved
   report = open(os.path.join(workdir, "report", "README.md")).read()
-  for name in ("mono", "bilateral"):
+  for name in ("mono", "bilateral", "ipd_sepnorm"):
     assert f"| {name} |" in report
   assert "L_tmic, R_tmic" in report and "by angular separation" in report
   assert "| bilateral - mono | implicit cues" in report
@@ -50,3 +53,14 @@ def test_paired_differences_match_numpy():
   assert (hi - lo) / 2 == pytest.approx(half, rel=0.05)
   assert diffs["same-sex"]["mean"] == pytest.approx(d[1::2].mean())
   assert diffs["co-located (<=15 deg)"]["n"] == 2  # separations 0 and 10 deg
+
+
+def test_config_tokens_name_the_run_and_reject_sepnorm_without_features():
+  import pytest
+  from configs import ild_ipd, ipd, mono
+  config = ipd.get_config("smoke,uni,sepnorm")
+  assert config.name == "ipd_uni_sepnorm" and config.model.feature_norm == "separate"
+  assert config.data.input_channels == ("L_back", "L_tmic")
+  assert ild_ipd.get_config("gpu").model.feature_norm == "joint"
+  with pytest.raises(ValueError, match="sepnorm"):
+    mono.get_config("sepnorm")
