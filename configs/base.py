@@ -60,7 +60,8 @@ def get_base_config(variant: str = "") -> ml_collections.ConfigDict:
                                       # half the bytes); the jitted step casts them on the
                                       # device. float32 converts on the host.
   data.dynamic_mixing = False
-  data.prefetch = 2
+  data.prefetch = 2                   # host batches the loader prepares ahead
+  data.device_prefetch = 2            # batches copied to the device ahead of the step
   data.espeak = ml_collections.ConfigDict(
       dict(num_speakers=40, utterances_per_speaker=12, split_speakers=(30, 5, 5)))
   data.speaker_split = (0.8, 0.1, 0.1)  # folder corpora: speaker-disjoint fractions

@@ -18,7 +18,8 @@ from data_pipeline import shards
 SPLITS = ("train", "val", "test")
 # config.data fields that do not change the rendered shards.
 _READ_SIDE_FIELDS = ("input_channels", "target", "loader", "dynamic_mixing", "prefetch",
-                     "shards_dir", "cache_dir", "loader_workers", "host_audio_dtype")
+                     "shards_dir", "cache_dir", "loader_workers", "host_audio_dtype",
+                     "device_prefetch")
 DATASET_FORMAT_VERSION = 1
 
 log = logging.getLogger(__name__)

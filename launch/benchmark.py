@@ -123,14 +123,16 @@ def _time_end_to_end(config, programs, state, num_steps: int) -> float:
   from data_pipeline import dataset, loader as loader_lib
   from spatialsep_jax import train
   shards_dir = dataset.ensure_dataset(config)
-  batches = iter(loader_lib.make_loader(config, shards_dir, "train", train=True,
-                                        batch_size=config.train.batch_size))
+  batches = train.device_batches(
+      loader_lib.make_loader(config, shards_dir, "train", train=True,
+                             batch_size=config.train.batch_size),
+      programs.mesh, int(config.data.device_prefetch))
   for _ in range(3):
-    state, metrics = programs.train_step(state, train.step_inputs(next(batches), programs.mesh))
+    state, metrics = programs.train_step(state, next(batches))
   jax.block_until_ready(metrics)
   start = time.perf_counter()
   for _ in range(num_steps):
-    state, metrics = programs.train_step(state, train.step_inputs(next(batches), programs.mesh))
+    state, metrics = programs.train_step(state, next(batches))
   jax.block_until_ready(metrics)
   return num_steps * config.train.batch_size / (time.perf_counter() - start)
 

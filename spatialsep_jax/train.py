@@ -5,6 +5,7 @@ The step is a single `jax.jit` over a device mesh (batch sharded on ``data``,
 parameters replicated), so it runs unchanged on 1 CPU, N GPUs and several hosts.
 """
 
+import collections
 import dataclasses
 import json
 import logging
@@ -165,6 +166,19 @@ def step_inputs(batch: dict, mesh) -> dict:
   return sharding.shard_batch({k: batch[k] for k in STEP_KEYS if k in batch}, mesh)
 
 
+def device_batches(batches, mesh, depth: int):
+  """Host batches -> sharded device batches, `depth` batches ahead, so the host-to-device
+  copy of the next batches overlaps the running step (resuming does not depend on it: the
+  loader restarts at the step's batch number)."""
+  queue = collections.deque()
+  for batch in batches:
+    queue.append(step_inputs(batch, mesh))
+    if len(queue) > depth:
+      yield queue.popleft()
+  while queue:
+    yield queue.popleft()
+
+
 def validate(programs: Programs, params, batches) -> dict:
   """Mean loss, SI-SDR and SI-SDRi over the given validation batches."""
   rows = {"loss": [], "sisdr": [], "sisdri": []}
@@ -214,8 +228,12 @@ def config_fingerprint(config) -> str:
   import hashlib
   relevant = {k: config[k].to_dict() for k in ("data", "model", "loss", "optim")}
   for where_or_how in ("shards_dir", "cache_dir", "loader", "prefetch", "loader_workers",
-                       "host_audio_dtype"):
+                       "host_audio_dtype", "device_prefetch"):
     relevant["data"].pop(where_or_how, None)
+  for how in ("norm_impl", "remat"):  # the same function, computed differently
+    relevant["model"].pop(how, None)
+  if not relevant["model"].get("scan_blocks"):  # stacked parameters only when scanned
+    relevant["model"].pop("scan_blocks", None)
   relevant["seed"] = config.seed
   relevant["batch_size"] = config.train.batch_size
   return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -273,10 +291,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   tick_time, tick_step = time.perf_counter(), start_step
   step = start_step
   try:
-    train_iter = iter(train_loader)
+    train_iter = device_batches(train_loader, mesh, int(config.data.get("device_prefetch", 2)))
     while step < config.train.num_steps:
-      batch = next(train_iter)
-      state, step_metrics = programs.train_step(state, step_inputs(batch, mesh))
+      state, step_metrics = programs.train_step(state, next(train_iter))
       step += 1
       bar.update(1)
       if step % config.train.log_every == 0 or step == config.train.num_steps:

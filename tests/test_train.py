@@ -187,3 +187,27 @@ def test_user_corpus_without_shards_names_the_render_command(tmp_path):
   config.data.shards_dir = str(tmp_path / "shards")
   with pytest.raises(FileNotFoundError, match="python launch/render.py"):
     dataset.ensure_dataset(config)
+
+
+def test_device_batches_keep_order_and_values():
+  from spatialsep_jax import sharding
+  mesh = sharding.make_mesh()
+  host = [{"mixture": np.full((2, 8, 1), i, np.float16), "sources": np.full((2, 2, 8), -i, np.float16)}
+          for i in range(5)]
+  for depth in (0, 2, 9):
+    got = list(train.device_batches(iter(host), mesh, depth))
+    assert len(got) == 5
+    for i, batch in enumerate(got):
+      np.testing.assert_array_equal(np.asarray(batch["mixture"]), host[i]["mixture"])
+      np.testing.assert_array_equal(np.asarray(batch["sources"]), host[i]["sources"])
+
+
+def test_fingerprint_ignores_how_the_function_is_computed():
+  from configs import ild_ipd
+  config = ild_ipd.get_config("smoke")
+  same = config.copy_and_resolve_references()
+  same.model.norm_impl, same.model.remat, same.data.device_prefetch = "fused", "dots", 0
+  scanned = config.copy_and_resolve_references()
+  scanned.model.scan_blocks = True  # a different parameter layout
+  assert train.config_fingerprint(same) == train.config_fingerprint(config)
+  assert train.config_fingerprint(scanned) != train.config_fingerprint(config)
