@@ -6,7 +6,8 @@ With `model.fusion=concat` the raw IPD (radians) and ILD (dB) maps are concatena
 encoder output before one global layer norm; whatever dominates that norm's variance
 squeezes the rest. Prints, per part, its RMS and its share of the normalised variance,
 on test mixtures of the configured data (rendered first when missing) and freshly
-initialised parameters at the config's model size.
+initialised parameters at the config's model size, read from the model itself
+(the input of its first layer norm).
 """
 
 import common
@@ -19,7 +20,6 @@ _CONFIG = common.define_config_flags()
 
 def main(argv):
   del argv
-  import flax.linen as nn
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -35,25 +35,15 @@ def main(argv):
   shares = {}
   for batch, _ in zip(loader, range(FLAGS.batches)):
     mixture = jnp.asarray(batch["mixture"], jnp.float32)
-    length = -(-mixture.shape[1] // model.length_multiple) * model.length_multiple
-    mixture = jnp.pad(mixture, ((0, 0), (0, length - mixture.shape[1]), (0, 0)))
     params = model.init(jax.random.key(config.seed), mixture[:1])["params"]
-    encoder = nn.Conv(model.enc_basis, (model.enc_kernel,), strides=(model.enc_stride,),
-                      padding=[(model.enc_padding, model.enc_padding)],
-                      feature_group_count=model.num_input_channels)
-    encoded = nn.relu(encoder.apply({"params": params["encoder"]}, mixture))
-    feature_map = feature_lib.spatial_features(
-        mixture, tuple(model.features), model.feature_pair, model.n_fft, model.enc_stride,
-        n_frames=encoded.shape[1],
-        center_offset=feature_lib.encoder_center_offset(model.enc_kernel, model.enc_padding),
-        ild_clip_db=model.ild_clip_db)
-    parts = {f"encoder output ({model.enc_basis} ch)": encoded}
-    start = 0
+    _, captured = model.apply({"params": params}, mixture, mutable=["intermediates"])
+    joint, = captured["intermediates"]["input_norm_input"]  # what the model normalises
+    parts = {f"encoder output ({model.enc_basis} ch)": joint[..., :model.enc_basis]}
+    start = model.enc_basis
     for kind in model.features:
       width = feature_lib.feature_dim(kind, model.n_fft)
-      parts[f"{kind.upper()} map ({width} ch)"] = feature_map[..., start:start + width]
+      parts[f"{kind.upper()} map ({width} ch)"] = joint[..., start:start + width]
       start += width
-    joint = jnp.concatenate(list(parts.values()), axis=-1)
     mean = joint.mean(axis=(1, 2), keepdims=True)
     total = jnp.sum((joint - mean) ** 2, axis=(1, 2))
     for name, part in parts.items():

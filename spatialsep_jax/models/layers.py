@@ -89,16 +89,19 @@ def _gln_statistics(x: jax.Array, eps: float) -> tuple[jax.Array, jax.Array]:
 # Hand-written backward: autodiff of the centred two-pass form keeps float32 copies of
 # the activation and re-reads it once per reduction; this VJP reads (x, g) once for the
 # two per-example reductions and once for dx, all in registers, and saves only x.
+def _fused_gln_forward(x, scale, bias, eps, out_dtype):
+  mean, rstd = _gln_statistics(x, eps)
+  return ((x.astype(jnp.float32) - mean) * rstd * scale + bias).astype(out_dtype), mean, rstd
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def fused_global_layer_norm(x, scale, bias, eps, out_dtype):
   """Global layer norm `[B, L, C]` -> same, float32 statistics, output in `out_dtype`."""
-  mean, rstd = _gln_statistics(x, eps)
-  return ((x.astype(jnp.float32) - mean) * rstd * scale + bias).astype(out_dtype)
+  return _fused_gln_forward(x, scale, bias, eps, out_dtype)[0]
 
 
 def _fused_gln_fwd(x, scale, bias, eps, out_dtype):
-  mean, rstd = _gln_statistics(x, eps)
-  out = ((x.astype(jnp.float32) - mean) * rstd * scale + bias).astype(out_dtype)
+  out, mean, rstd = _fused_gln_forward(x, scale, bias, eps, out_dtype)
   return out, (x, scale, mean, rstd)
 
 

@@ -273,6 +273,7 @@ class SuDORMRF(nn.Module):
 
     encoded = self.encode(mixture)
     x = self.fuse_features(encoded, mixture)
+    self.sow("intermediates", "input_norm_input", x)  # no-op unless asked for (diagnostics)
     x = layers.GlobalLayerNorm(dtype=self.dtype, impl=self.norm_impl, name="input_norm")(x)
     x = layers.Pointwise(self.bottleneck, dtype=self.dtype, name="to_bottleneck")(x)
     x = self.blocks(x)
