@@ -365,7 +365,17 @@ def _grain_batches(assembler: BatchAssembler, start_batch: int, stop_batch: int,
     if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags (defaults suffice)
       flags.FLAGS.mark_as_parsed()
     batches = batches.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+    return _plain_arrays(iter(batches))
   return iter(batches)
+
+
+def _plain_arrays(batches: Iterator[dict]) -> Iterator[dict]:
+  """Batches from Grain's worker processes hold SharedMemoryArrays; copies of them (even
+  `astype`) keep that class, and unpickling one in another process (the metric pool) fails
+  because its segment is gone. A view as ndarray keeps the buffer and drops the class."""
+  for batch in batches:
+    yield {key: value.view(np.ndarray) if isinstance(value, np.ndarray) else value
+           for key, value in batch.items()}
 
 
 def _tfdata_batches(assembler: BatchAssembler, start_batch: int, stop_batch: int | None):

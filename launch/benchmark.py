@@ -46,6 +46,10 @@ def _environment() -> dict:
           "command": " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])}
 
 
+def _progress(message: str) -> None:
+  print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
 def _record(workdir: str, row: dict) -> None:
   os.makedirs(workdir, exist_ok=True)
   row = {**row, **_environment(), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -167,6 +171,8 @@ def bench_step(base_arg: str, workdir: str) -> None:
         state, metrics = programs.train_step(state, batch)
         jax.block_until_ready(metrics)
         compile_s = time.perf_counter() - start
+        _progress(f"{name} [{model_set or 'as configured'}] batch {batch_size}: compiled and "
+                  f"first step in {compile_s:.1f} s")
         times = []
         for _ in range(FLAGS.steps):
           start = time.perf_counter()
@@ -190,7 +196,9 @@ def bench_step(base_arg: str, workdir: str) -> None:
             "audio_s_per_s": batch_size * config.data.segment_seconds / step_s,
             "compile_and_first_step_s": compile_s,
             "peak_memory_gib": stats.get("peak_bytes_in_use", float("nan")) / 2**30}
+        _progress(f"{name}: median step {1e3 * step_s:.1f} ms over {FLAGS.steps} steps")
         if FLAGS.e2e_steps:
+          _progress(f"{name}: {FLAGS.e2e_steps} steps fed by the {config.data.loader} loader")
           rate = _time_end_to_end(config, programs, state, FLAGS.e2e_steps)
           row.update(e2e_samples_per_s=rate, e2e_fraction_of_step=rate / row["samples_per_s"],
                      loader=config.data.loader, host_audio_dtype=config.data.host_audio_dtype)
@@ -212,7 +220,9 @@ def bench_latency(base_arg: str, workdir: str) -> None:
     separate = evaluation.make_separate_fn(config, programs.model)
     mixture = np.random.default_rng(0).normal(
         size=train.example_input_shape(config)).astype(np.float32)
+    start = time.perf_counter()
     jax.block_until_ready(separate(params, mixture))
+    _progress(f"{name}: forward compiled in {time.perf_counter() - start:.1f} s")
     times = []
     for _ in range(FLAGS.steps):
       start = time.perf_counter()

@@ -7,33 +7,52 @@
 #   latency   forward latency of every configuration, batch 1
 #   accuracy  mono trained ACC_STEPS steps in float32 and bfloat16 side by side (val SI-SDRi)
 # Figures go to $OUT/h100/results.{jsonl,md}; profiles to $OUT/profiles.tar.gz. Each stage has
-# its own timeout, so one slow stage costs only itself. All five stages need ~17 minutes: use
-# two calls, STAGES="mono torch variants" and STAGES="latency accuracy".
+# its own timeout and the call a deadline (DEADLINE s), so one slow stage costs only itself;
+# progress goes to $OUT/stages.log as it comes. Split the stages over two or three calls.
 set -u
 STAGES=${STAGES:-mono torch variants latency accuracy}
 MODEL_SETS=${MODEL_SETS:-";scan_blocks=True,remat=dots;norm_impl=fused,scan_blocks=True,remat=dots"}
+DEADLINE=${DEADLINE:-570}   # seconds this call may use; a stage gets at most what is left
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
-W=$OUT/h100; mkdir -p $W /tmp/prof
+# Compiling the unrolled 16-block models takes XLA ~45 s per program on this host: programs
+# compiled by one process are reused by the next through the persistent cache.
+export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 JAX_COMPILATION_CACHE_DIR=/tmp/jax_cache
+W=$OUT/h100; LOG=$OUT/stages.log; mkdir -p $W /tmp/prof
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 DATA="--config.data.num_examples.train=1024 --config.data.num_examples.val=128 --config.data.num_examples.test=16 --config.data.num_rooms=8 --config.data.loader=grain --config.data.host_audio_dtype=float16 --config.data.loader_workers=4"
 STEP="launch/benchmark.py --what=step --batch_sizes=16 --steps=20 --workdir=$W --profile_dir=/tmp/prof --e2e_steps=40"
 has() { [[ " $STAGES " == *" $1 "* ]]; }
-stamp() { echo "[$(date +%T)] $*"; }
+stamp() { echo "[$(date +%T)] $*" | tee -a $LOG; }
+# run_stage SECONDS command...: the command's whole output goes to $LOG as it comes.
+run_stage() {
+  local limit=$1; shift
+  local left=$(( DEADLINE - SECONDS - 20 ))
+  (( left < limit )) && limit=$left
+  if (( limit < 30 )); then stamp "skipped (${left} s left): $*"; return; fi
+  timeout $limit "$@" 2>&1 | grep --line-buffered -v "Warning\|warnings.warn" | tee -a $LOG
+}
 stamp render; python3 launch/render.py --config=configs/mono.py:gpu $DATA 2>&1 | tail -2
-if has mono; then stamp mono; timeout 200 python3 $STEP --config=configs/mono.py:gpu $DATA --step_configs=mono 2>&1 | grep -v Warning | tail -3; fi
-if has torch; then stamp torch; timeout 300 python3 launch/torch_peer.py --dtype=both --modes=eager,compile --workdir=$W 2>&1 | tail -6; fi
+if has mono; then stamp mono; run_stage 240 python3 $STEP --config=configs/mono.py:gpu $DATA --step_configs=mono; fi
+if has torch; then stamp torch; run_stage 300 python3 launch/torch_peer.py --dtype=both --modes=eager,compile --workdir=$W; fi
 if has variants; then
   IFS=';' read -ra SETS <<< "$MODEL_SETS"
-  for m in "${SETS[@]}"; do stamp "ild_ipd [$m]"; timeout 150 python3 $STEP --config=configs/ild_ipd.py:gpu $DATA --step_configs=ild_ipd --model_set="$m" 2>&1 | grep -v Warning | tail -2; done
+  for m in "${SETS[@]}"; do stamp "ild_ipd [$m]"; run_stage 150 python3 $STEP --config=configs/ild_ipd.py:gpu $DATA --step_configs=ild_ipd --model_set="$m"; done
 fi
-if has latency; then stamp latency; timeout 300 python3 launch/benchmark.py --what=latency --step_configs=mono,unilateral,bilateral,ipd,ild,ild_ipd,ipd_af --steps=20 --config=configs/ild_ipd.py:gpu --workdir=$W 2>&1 | tail -2; fi
+if has latency; then
+  LATENCY_CONFIGS=${LATENCY_CONFIGS:-mono,unilateral,bilateral,ipd,ild,ild_ipd,ipd_af}
+  stamp "latency: compiling $LATENCY_CONFIGS in parallel into the cache"
+  for c in ${LATENCY_CONFIGS//,/ }; do
+    XLA_PYTHON_CLIENT_MEM_FRACTION=0.1 run_stage 200 python3 launch/benchmark.py --what=latency --step_configs=$c --steps=1 --config=configs/ild_ipd.py:gpu --workdir=/tmp/latency_warmup >/dev/null &
+  done; wait
+  stamp "latency: timing"
+  run_stage 240 python3 launch/benchmark.py --what=latency --step_configs=$LATENCY_CONFIGS --steps=20 --config=configs/ild_ipd.py:gpu --workdir=$W
+fi
 if has accuracy; then
   stamp accuracy
   for dtype in float32 bfloat16; do
-    XLA_PYTHON_CLIENT_MEM_FRACTION=0.4 timeout 300 python3 launch/train.py --config=configs/mono.py:gpu $DATA --workdir=/tmp/acc_$dtype \
+    XLA_PYTHON_CLIENT_MEM_FRACTION=0.4 run_stage 300 python3 launch/train.py --config=configs/mono.py:gpu $DATA --workdir=/tmp/acc_$dtype \
       --config.model.dtype=$dtype --config.train.num_steps=${ACC_STEPS:-400} --config.train.eval_every=200 \
-      --config.train.eval_batches=8 --config.eval.max_examples=1 --config.eval.metrics="('sisdr',)" >/tmp/acc_$dtype.log 2>&1 &
+      --config.train.eval_batches=8 --config.eval.max_examples=1 --config.eval.metrics="('sisdr',)" >/tmp/acc_$dtype.log &
   done
   wait; for dtype in float32 bfloat16; do mkdir -p $W/acc_$dtype; cp /tmp/acc_$dtype/logs/metrics.jsonl /tmp/acc_$dtype/train_summary.json $W/acc_$dtype/ 2>/dev/null; grep -i "val\|error" /tmp/acc_$dtype.log | tail -3; done
 fi

@@ -1,6 +1,7 @@
 """tf.data and Grain loaders: identical batches, channel selection, resume, slicing, remixing."""
 
 import functools
+import pickle
 
 import numpy as np
 import pytest
@@ -216,6 +217,10 @@ def test_float16_hand_over_and_grain_worker_processes_give_the_same_batches(shar
     assert set(ref) == set(got)
     for key in ref:
       np.testing.assert_array_equal(np.asarray(got[key], ref[key].dtype), ref[key])
+      # Evaluation sends copies of these to its metric pool: they must pickle as plain arrays.
+      assert type(got[key]) is np.ndarray
+      copied = pickle.loads(pickle.dumps(got[key][:1].astype(np.float32)))
+      np.testing.assert_array_equal(copied, np.asarray(ref[key][:1], np.float32))
 
 
 @pytest.mark.parametrize("byteorder", ["<", ">"])
