@@ -70,8 +70,11 @@ def command_line_overrides() -> list[str]:
 
 
 def load_named_config(name: str, variant: str = "", overrides=()):
-  """configs/<name>.py's get_config(variant) with `a.b=value` overrides applied."""
+  """configs/<name>.py's get_config(variant) with `a.b=value` overrides applied; `name` may
+  carry extra variant tokens as in study entries: 'ipd:uni+sepnorm'."""
   import importlib
+  name, _, tokens = name.partition(":")
+  variant = ",".join(filter(None, [variant] + tokens.split("+")))
   if not os.path.exists(os.path.join(ROOT, "configs", f"{name}.py")):
     fail(f"no configs/{name}.py; give names of files in configs/")
   config = importlib.import_module(f"configs.{name}").get_config(variant)

@@ -133,7 +133,8 @@ def build_report(root: str, out_dir: str, names: list[str], variant: str = "",
               "| config | params | GFLOP/s audio | " + " | ".join(devices) + " |",
               "|" + " --- |" * (len(devices) + 3)]
     for name, run in runs.items():
-      cells = [f"{latencies.get(name, {}).get(d, float('nan')):.1f}" for d in devices]
+      cells = [f"{latencies[name][d]:.2f}" if d in latencies.get(name, {}) else "not measured"
+               for d in devices]
       lines.append(f"| {name} | {run['params']:,} | {run['gflops']:.2f} | " + " | ".join(cells)
                    + " |")
     lines.append("")
