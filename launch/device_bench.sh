@@ -33,7 +33,7 @@ run_stage() {
 }
 stamp render; python3 launch/render.py --config=configs/mono.py:gpu $DATA 2>&1 | tail -2
 if has mono; then stamp mono; run_stage 240 python3 $STEP --config=configs/mono.py:gpu $DATA --step_configs=mono; fi
-if has torch; then stamp torch; run_stage 300 python3 launch/torch_peer.py --dtype=both --modes=eager,compile --workdir=$W; fi
+if has torch; then stamp torch; run_stage 420 python3 launch/torch_peer.py --dtype=both --modes=eager,compile --workdir=$W; fi
 if has variants; then
   IFS=';' read -ra SETS <<< "$MODEL_SETS"
   for m in "${SETS[@]}"; do stamp "ild_ipd [$m]"; run_stage 150 python3 $STEP --config=configs/ild_ipd.py:gpu $DATA --step_configs=ild_ipd --model_set="$m"; done
