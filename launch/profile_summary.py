@@ -53,6 +53,18 @@ def kernel_times(xplane_path: str) -> dict[str, collections.Counter]:
   return planes
 
 
+KINDS = (("matmul", ("gemm", "cutlass", "cublas", "dot")),
+         ("copy / scan stacking", ("memcpy", "copy", "dynamic_update_slice", "memset")),
+         ("reduction", ("reduce",)),
+         ("elementwise", ("",)))
+
+
+def kind_of(name: str) -> str:
+  """Coarse class of an XLA GPU kernel, from the fusion names XLA gives them."""
+  lowered = name.lower()
+  return next(kind for kind, marks in KINDS if any(mark in lowered for mark in marks))
+
+
 def main(argv):
   if len(argv) != 2:
     common.fail("usage: launch/profile_summary.py <trace folder or .xplane.pb> [--top=N]")
@@ -61,6 +73,11 @@ def main(argv):
     for plane, (totals, calls) in kernel_times(path).items():
       total = sum(totals.values())
       print(f"{plane}: {total / 1e9:.2f} ms of kernels in {sum(calls.values())} launches")
+      by_kind = collections.Counter()
+      for name, ps in totals.items():
+        by_kind[kind_of(name)] += ps
+      print("  by kind: " + ", ".join(f"{kind} {100 * ps / total:.0f}%"
+                                      for kind, ps in by_kind.most_common()))
       for name, ps in totals.most_common(FLAGS.top):
         print(f"  {100 * ps / total:5.1f}%  {ps / 1e9:8.3f} ms  {calls[name]:5d}x  {name[:110]}")
 

@@ -126,7 +126,7 @@ def build_model(args) -> tuple[nn.Module, str]:
   if args.implementation in ("auto", "asteroid") and args.input_channels == 1:
     try:
       from asteroid.models import SuDORMRFNet
-    except ImportError as error:
+    except Exception as error:  # ImportError, or an API break in one of its dependencies
       if args.implementation == "asteroid":
         raise SystemExit(f"--implementation=asteroid but asteroid does not import ({error}); "
                          "pip install asteroid or use --implementation=port")

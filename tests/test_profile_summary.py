@@ -37,3 +37,13 @@ def test_kernel_times_groups_xla_ops(tmp_path):
   out = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "profile_summary.py"),
                         str(tmp_path)], capture_output=True, text=True, check=True).stdout
   assert "0.01 ms of kernels in 3 launches" in out and "83.3%" in out
+
+
+def test_kind_of_classifies_xla_kernel_names():
+  sys.path.insert(0, os.path.join(ROOT, "launch"))
+  import profile_summary
+  expected = {"input_add_reduce_select_fusion": "reduction", "loop_add_fusion_2": "elementwise",
+              "gemm_fusion_dot_42": "matmul", "memcpy128": "copy / scan stacking",
+              "loop_dynamic_update_slice_fusion_8": "copy / scan stacking",
+              "void cutlass::Kernel2<cutlass_80_tensorop_bf16_s16816gemm>": "matmul"}
+  assert {name: profile_summary.kind_of(name) for name in expected} == expected
