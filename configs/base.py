@@ -87,7 +87,7 @@ def get_base_config(variant: str = "") -> ml_collections.ConfigDict:
   model.extra_outputs = 0             # e.g. 1 for a noise output (NASS)
   model.dtype = "float32"             # float32 | bfloat16 (params and loss stay float32)
   model.depthwise_impl = "slices"     # slices | xla
-  model.norm_impl = "autodiff"        # autodiff | fused (one-pass statistics, hand-written VJP)
+  model.norm_impl = "autodiff"        # autodiff | fused (one-pass statistics, hand-written VJP) | fused_partials
   model.remat = "none"                # none | block | dots (recompute U-ConvBlocks in backward)
   model.scan_blocks = False           # True: nn.scan over the blocks (stacked params, faster compile)
 

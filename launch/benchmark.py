@@ -19,7 +19,8 @@ import common
 from absl import app, flags
 
 _CONFIG = common.define_config_flags()
-flags.DEFINE_list("what", ["render", "loader"], "render, loader, step, latency, evaluation")
+flags.DEFINE_list("what", ["render", "loader"],
+                 "render, loader, step, latency, evaluation, norm_cost")
 flags.DEFINE_integer("num_examples", 64, "examples timed for the render and evaluation benchmarks")
 flags.DEFINE_integer("loader_examples", 512, "examples in the shards the loaders read")
 flags.DEFINE_integer("loader_batches", 40, "batches timed per loader backend")
@@ -271,6 +272,31 @@ def bench_evaluation(workdir: str) -> None:
                     "mixtures_per_s": len(examples) / elapsed})
 
 
+def bench_norm_cost(workdir: str) -> None:
+  """Bytes that XLA's cost model says one global layer norm's forward + backward moves on
+  this backend, per `model.norm_impl`, at a U-ConvBlock's activation size ([16, 3200, 512],
+  bfloat16). The compiled program's fusion decisions are the backend's own, so the figure
+  on a GPU host speaks for the GPU; no kernel runs."""
+  import jax
+  import jax.numpy as jnp
+  from spatialsep_jax.models import layers
+  x = jax.ShapeDtypeStruct((16, 3200, 512), jnp.bfloat16)
+  for impl in layers.NORM_IMPLS:
+    norm = layers.GlobalLayerNorm(impl=impl, dtype=jnp.bfloat16)
+    params = jax.eval_shape(norm.init, jax.random.key(0), x)["params"]
+
+    def loss(p, inputs, weights):
+      return jnp.sum((norm.apply({"params": p}, inputs) * weights).astype(jnp.float32))
+
+    compiled = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(params, x, x).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    _record(workdir, {"benchmark": "norm_cost", "norm_impl": impl, "shape": [16, 3200, 512],
+                      "dtype": "bfloat16",
+                      "bytes_accessed_mb": float(cost.get("bytes accessed", float("nan"))) / 1e6,
+                      "tensor_mb": 16 * 3200 * 512 * 2 / 1e6})
+
+
 def write_markdown(workdir: str) -> str:
   rows = [json.loads(line) for line in open(os.path.join(workdir, "results.jsonl"))]
   lines = ["| benchmark | what | figure | device | command |", "| --- | --- | --- | --- | --- |"]
@@ -297,6 +323,11 @@ def write_markdown(workdir: str) -> str:
     elif r["benchmark"] == "latency":
       what = f"{r['config']} ({r['dtype']}), one {r['segment_s']} s mixture"
       figure = f"{r['ms_per_audio_s']:.2f} ms per second of audio"
+    elif r["benchmark"] == "norm_cost":
+      what = (f"global layer norm forward + backward, norm_impl={r['norm_impl']}, "
+              f"{r['shape']} {r['dtype']} (XLA cost model, compiled only)")
+      figure = (f"{r['bytes_accessed_mb']:.0f} MB accessed = "
+                f"{r['bytes_accessed_mb'] / r['tensor_mb']:.1f} activation-sized tensors")
     elif r["benchmark"] == "accuracy":
       what = f"{r['config']} ({r['dtype']}) trained {r['steps']} steps, batch {r['batch_size']}"
       figure = f"best val SI-SDRi {r['val_sisdri']:.2f} dB ({r['val_examples']} val mixtures)"
@@ -325,9 +356,10 @@ def main(argv):
   common.setup_logging()
   config = _CONFIG.value
   workdir = FLAGS.workdir or os.path.join("benchmarks", "local")
-  unknown = set(FLAGS.what) - {"render", "loader", "step", "latency", "evaluation"}
+  known = ("render", "loader", "step", "latency", "evaluation", "norm_cost")
+  unknown = set(FLAGS.what) - set(known)
   if unknown:
-    common.fail(f"--what has {sorted(unknown)}; use render, loader, step, latency, evaluation")
+    common.fail(f"--what has {sorted(unknown)}; use {', '.join(known)}")
   if "render" in FLAGS.what:
     bench_render(config, workdir)
   if "loader" in FLAGS.what:
@@ -338,6 +370,8 @@ def main(argv):
     bench_latency(common.config_variant(), workdir)
   if "evaluation" in FLAGS.what:
     bench_evaluation(workdir)
+  if "norm_cost" in FLAGS.what:
+    bench_norm_cost(workdir)
   print(f"table: {write_markdown(workdir)}")
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One accelerator session of the throughput benchmarks (used through the device tool; see
 # README "GPU runs"). Usage: STAGES="mono torch variants latency accuracy" bash launch/device_bench.sh
-#   mono      JAX step, one-channel model (the PyTorch peer's configuration), + real loader
+#   mono      JAX step, one-channel model (the PyTorch peer's configuration), + real loader;
+#             bytes moved per global layer norm implementation (XLA's cost model)
 #   torch     the PyTorch peer (launch/torch_peer.py), eager and torch.compile, bf16 and fp32
 #   variants  ild_ipd step per speed variant (MODEL_SETS, ';'-separated), + real loader, profiles
 #   latency   forward latency of every configuration, batch 1
@@ -11,7 +12,9 @@
 # progress goes to $OUT/stages.log as it comes. Split the stages over two or three calls.
 set -u
 STAGES=${STAGES:-mono torch variants latency accuracy}
-MODEL_SETS=${MODEL_SETS:-";scan_blocks=True,remat=dots;norm_impl=fused,scan_blocks=True,remat=dots"}
+# '' is the gpu variant as configured (scanned blocks, fused norms, remat=dots); the last
+# set is the unrolled layout the study's runs used.
+MODEL_SETS=${MODEL_SETS:-";norm_impl=fused_partials;scan_blocks=False,norm_impl=autodiff,remat=none"}
 DEADLINE=${DEADLINE:-570}   # seconds this call may use; a stage gets at most what is left
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 # Compiling the unrolled 16-block models takes XLA ~45 s per program on this host: programs
@@ -32,11 +35,14 @@ run_stage() {
   timeout $limit "$@" 2>&1 | grep --line-buffered -v "Warning\|warnings.warn" | tee -a $LOG
 }
 stamp render; python3 launch/render.py --config=configs/mono.py:gpu $DATA 2>&1 | tail -2
-if has mono; then stamp mono; run_stage 240 python3 $STEP --config=configs/mono.py:gpu $DATA --step_configs=mono; fi
+if has mono; then
+  stamp mono; run_stage 240 python3 $STEP --config=configs/mono.py:gpu $DATA --step_configs=mono
+  run_stage 60 python3 launch/benchmark.py --what=norm_cost --workdir=$W
+fi
 if has torch; then stamp torch; run_stage 420 python3 launch/torch_peer.py --dtype=both --modes=eager,compile --workdir=$W; fi
 if has variants; then
   IFS=';' read -ra SETS <<< "$MODEL_SETS"
-  for m in "${SETS[@]}"; do stamp "ild_ipd [$m]"; run_stage 150 python3 $STEP --config=configs/ild_ipd.py:gpu $DATA --step_configs=ild_ipd --model_set="$m"; done
+  for m in "${SETS[@]}"; do stamp "ild_ipd [$m]"; run_stage 240 python3 $STEP --config=configs/ild_ipd.py:gpu $DATA --step_configs=ild_ipd --model_set="$m"; done
 fi
 if has latency; then
   LATENCY_CONFIGS=${LATENCY_CONFIGS:-mono,unilateral,bilateral,ipd,ild,ild_ipd,ipd_af}

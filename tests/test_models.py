@@ -256,7 +256,8 @@ def test_separate_feature_norm_adds_one_norm_over_the_feature_map():
   assert "feature_norm" in params
 
 
-def test_fused_global_layer_norm_matches_autodiff_values_and_gradients():
+@pytest.mark.parametrize("impl", ["fused", "fused_partials"])
+def test_fused_global_layer_norm_matches_autodiff_values_and_gradients(impl):
   rng = np.random.default_rng(5)
   x = jnp.asarray(rng.normal(2.0, 3.0, (3, 40, 6)).astype(np.float32))
   scale, bias = (jnp.asarray(rng.normal(size=6).astype(np.float32)) for _ in range(2))
@@ -268,10 +269,10 @@ def test_fused_global_layer_norm_matches_autodiff_values_and_gradients():
 
   for argnum in (0, 1):
     want = jax.grad(loss, argnums=argnum + 1)("autodiff", x, params)
-    got = jax.grad(loss, argnums=argnum + 1)("fused", x, params)
+    got = jax.grad(loss, argnums=argnum + 1)(impl, x, params)
     for w, g in zip(jax.tree_util.tree_leaves(want), jax.tree_util.tree_leaves(got)):
       np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
-  np.testing.assert_allclose(layers.GlobalLayerNorm(impl="fused").apply({"params": params}, x),
+  np.testing.assert_allclose(layers.GlobalLayerNorm(impl=impl).apply({"params": params}, x),
                              layers.GlobalLayerNorm().apply({"params": params}, x), atol=1e-5)
 
 
@@ -284,7 +285,9 @@ def _unrolled_to_scanned(params, num_blocks):
 
 
 @pytest.mark.parametrize("overrides", [dict(norm_impl="fused"), dict(remat="block"),
-                                       dict(scan_blocks=True, remat="dots")])
+                                       dict(scan_blocks=True, remat="dots"),
+                                       dict(norm_impl="fused_partials", scan_blocks=True,
+                                            remat="dots")])
 def test_speed_variants_compute_the_same_function(overrides):
   """Fused norms, rematerialisation and scanned blocks change speed and memory only."""
   config = make_config(TWO, ("ipd",))
