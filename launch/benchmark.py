@@ -186,7 +186,7 @@ def bench_step(base_arg: str, workdir: str) -> None:
           times.append(time.perf_counter() - start)
         synced_step_s = float(np.median(times))
         # Training blocks only now and then, so the host queues step k+1 while the device runs
-        # step k; a block after every step adds the launch of the next step's ~5,000 kernels.
+        # step k; a block after every step adds the launch of the next step's thousands of kernels.
         # The rate reported is the pipelined one: median over windows of back-to-back steps.
         windows = []
         for _ in range(max(1, FLAGS.steps // PIPELINED_WINDOW)):

@@ -69,14 +69,20 @@ def command_line_overrides() -> list[str]:
   return [arg[len("--config."):] for arg in sys.argv[1:] if arg.startswith("--config.")]
 
 
-def load_named_config(name: str, variant: str = "", overrides=()):
-  """configs/<name>.py's get_config(variant) with `a.b=value` overrides applied; `name` may
-  carry extra variant tokens as in study entries: 'ipd:uni+sepnorm'."""
-  import importlib
-  name, _, tokens = name.partition(":")
-  variant = ",".join(filter(None, [variant] + tokens.split("+")))
+def split_entry(entry: str, variant: str = "") -> tuple[str, str]:
+  """A config entry as study.py and benchmark.py take them, 'ipd:uni+sepnorm' ->
+  ('ipd', the get_config arg 'gpu,uni,sepnorm' for variant 'gpu')."""
+  name, _, tokens = entry.partition(":")
   if not os.path.exists(os.path.join(ROOT, "configs", f"{name}.py")):
     fail(f"no configs/{name}.py; give names of files in configs/")
+  return name, ",".join(filter(None, [variant] + tokens.split("+")))
+
+
+def load_named_config(entry: str, variant: str = "", overrides=()):
+  """configs/<name>.py's get_config(variant) with `a.b=value` overrides applied; the entry
+  may carry extra variant tokens (`split_entry`)."""
+  import importlib
+  name, variant = split_entry(entry, variant)
   config = importlib.import_module(f"configs.{name}").get_config(variant)
   apply_overrides(config, overrides)
   return config

@@ -34,22 +34,12 @@ flags.DEFINE_bool("report_only", False, "only (re)build the report from finished
 FLAGS = flags.FLAGS
 
 
-def _split_entry(entry: str) -> tuple[str, str]:
-  """'ipd:uni+sepnorm' -> ('ipd', the config arg 'gpu,uni,sepnorm' for --variant=gpu)."""
-  name, _, tokens = entry.partition(":")
-  path = os.path.join(common.ROOT, "configs", f"{name}.py")
-  if not os.path.exists(path):
-    common.fail(f"no configs/{name}.py; --configs takes names of files in configs/")
-  return name, ",".join(filter(None, [FLAGS.variant] + tokens.split("+")))
-
-
 def _load(entry: str):
-  name, arg = _split_entry(entry)
-  return common.call_or_fail(common.load_named_config, name, arg, FLAGS.set)
+  return common.call_or_fail(common.load_named_config, entry, FLAGS.variant, FLAGS.set)
 
 
 def _train_command(entry: str, workdir: str) -> list[str]:
-  name, arg = _split_entry(entry)
+  name, arg = common.split_entry(entry, FLAGS.variant)
   return ([sys.executable, os.path.join(common.ROOT, "launch", "train.py"),
            f"--config={os.path.join(common.ROOT, 'configs', name + '.py')}"
            + (f":{arg}" if arg else ""), f"--workdir={workdir}"]
