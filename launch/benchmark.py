@@ -20,7 +20,7 @@ from absl import app, flags
 
 _CONFIG = common.define_config_flags()
 flags.DEFINE_list("what", ["render", "loader"],
-                 "render, loader, step, latency, evaluation, norm_cost")
+                 "render, loader, step, latency, evaluation, norm_cost, step_cost")
 flags.DEFINE_integer("num_examples", 64, "examples timed for the render and evaluation benchmarks")
 flags.DEFINE_integer("loader_examples", 512, "examples in the shards the loaders read")
 flags.DEFINE_integer("loader_batches", 40, "batches timed per loader backend")
@@ -146,12 +146,9 @@ def _time_end_to_end(config, programs, state, num_steps: int) -> float:
   return num_steps * config.train.batch_size / (time.perf_counter() - start)
 
 
-def bench_step(base_arg: str, workdir: str) -> None:
-  """Median jitted training-step time per configuration, model variant and batch size
-  (synthetic batch), optionally against the same step fed by the real input pipeline."""
-  import jax
-  import numpy as np
-  from spatialsep_jax import models, train
+def _step_variants(base_arg: str):
+  """(config name, model_set, batch size, config) for every --step_configs x --model_set x
+  --batch_sizes combination."""
   for name in FLAGS.step_configs:
     for model_set in FLAGS.model_set:
       overrides = _model_overrides(model_set)
@@ -163,66 +160,99 @@ def bench_step(base_arg: str, workdir: str) -> None:
             common.fail(f"--model_set names model.{key}, which the config does not have")
           config.model[key] = value
         config.train.batch_size = batch_size
-        programs = train.build_programs(config)
-        state = programs.init(jax.random.key(0))
-        samples = train.example_input_shape(config)[1]
-        rng = np.random.default_rng(0)
-        batch = train.step_inputs({
-            "mixture": rng.normal(size=(batch_size, samples, len(config.data.input_channels)))
-                       .astype(np.float32),
-            "sources": rng.normal(size=(batch_size, config.data.num_sources, samples))
-                       .astype(np.float32)}, programs.mesh)
-        start = time.perf_counter()
+        yield name, model_set, batch_size, config
+
+
+def bench_step_cost(base_arg: str, workdir: str) -> None:
+  """Bytes and FLOPs of one compiled training step by XLA's cost model on this backend (no
+  step runs). Use unrolled blocks: the cost model counts a scanned loop's body once."""
+  import jax
+  import jax.numpy as jnp
+  from spatialsep_jax import train
+  for name, model_set, batch_size, config in _step_variants(base_arg):
+    programs = train.build_programs(config)
+    state = jax.eval_shape(programs.init, jax.random.key(0))
+    samples = train.example_input_shape(config)[1]
+    batch = {"mixture": jax.ShapeDtypeStruct(
+                 (batch_size, samples, len(config.data.input_channels)), jnp.float32),
+             "sources": jax.ShapeDtypeStruct(
+                 (batch_size, config.data.num_sources, samples), jnp.float32)}
+    cost = programs.train_step.lower(state, batch).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    _record(workdir, {"benchmark": "step_cost", "config": name, "variant": base_arg,
+                      "batch_size": batch_size, "dtype": config.model.dtype,
+                      "model_overrides": model_set, "scan_blocks": bool(config.model.scan_blocks),
+                      "bytes_accessed_gb": float(cost.get("bytes accessed", float("nan"))) / 1e9,
+                      "gflops": float(cost.get("flops", float("nan"))) / 1e9})
+
+
+def bench_step(base_arg: str, workdir: str) -> None:
+  """Median jitted training-step time per configuration, model variant and batch size
+  (synthetic batch), optionally against the same step fed by the real input pipeline."""
+  import jax
+  import numpy as np
+  from spatialsep_jax import models, train
+  for name, model_set, batch_size, config in _step_variants(base_arg):
+    programs = train.build_programs(config)
+    state = programs.init(jax.random.key(0))
+    samples = train.example_input_shape(config)[1]
+    rng = np.random.default_rng(0)
+    batch = train.step_inputs({
+        "mixture": rng.normal(size=(batch_size, samples, len(config.data.input_channels)))
+                   .astype(np.float32),
+        "sources": rng.normal(size=(batch_size, config.data.num_sources, samples))
+                   .astype(np.float32)}, programs.mesh)
+    start = time.perf_counter()
+    state, metrics = programs.train_step(state, batch)
+    jax.block_until_ready(metrics)
+    compile_s = time.perf_counter() - start
+    _progress(f"{name} [{model_set or 'as configured'}] batch {batch_size}: compiled and "
+              f"first step in {compile_s:.1f} s")
+    times = []
+    for _ in range(FLAGS.steps):
+      start = time.perf_counter()
+      state, metrics = programs.train_step(state, batch)
+      jax.block_until_ready(metrics)
+      times.append(time.perf_counter() - start)
+    synced_step_s = float(np.median(times))
+    # Training blocks only now and then, so the host queues step k+1 while the device runs
+    # step k; a block after every step adds the launch of the next step's thousands of kernels.
+    # The rate reported is the pipelined one: median over windows of back-to-back steps.
+    windows = []
+    for _ in range(max(1, FLAGS.steps // PIPELINED_WINDOW)):
+      start = time.perf_counter()
+      for _ in range(PIPELINED_WINDOW):
         state, metrics = programs.train_step(state, batch)
-        jax.block_until_ready(metrics)
-        compile_s = time.perf_counter() - start
-        _progress(f"{name} [{model_set or 'as configured'}] batch {batch_size}: compiled and "
-                  f"first step in {compile_s:.1f} s")
-        times = []
-        for _ in range(FLAGS.steps):
-          start = time.perf_counter()
+      jax.block_until_ready(metrics)
+      windows.append((time.perf_counter() - start) / PIPELINED_WINDOW)
+    step_s = float(np.median(windows))
+    stats = jax.devices()[0].memory_stats() or {}
+    if FLAGS.profile_dir:
+      tag = "_".join(filter(None, [name, model_set.replace(",", "_").replace("=", "-")]))
+      with jax.profiler.trace(os.path.join(FLAGS.profile_dir, tag)):
+        for _ in range(3):
           state, metrics = programs.train_step(state, batch)
-          jax.block_until_ready(metrics)
-          times.append(time.perf_counter() - start)
-        synced_step_s = float(np.median(times))
-        # Training blocks only now and then, so the host queues step k+1 while the device runs
-        # step k; a block after every step adds the launch of the next step's thousands of kernels.
-        # The rate reported is the pipelined one: median over windows of back-to-back steps.
-        windows = []
-        for _ in range(max(1, FLAGS.steps // PIPELINED_WINDOW)):
-          start = time.perf_counter()
-          for _ in range(PIPELINED_WINDOW):
-            state, metrics = programs.train_step(state, batch)
-          jax.block_until_ready(metrics)
-          windows.append((time.perf_counter() - start) / PIPELINED_WINDOW)
-        step_s = float(np.median(windows))
-        stats = jax.devices()[0].memory_stats() or {}
-        if FLAGS.profile_dir:
-          tag = "_".join(filter(None, [name, model_set.replace(",", "_").replace("=", "-")]))
-          with jax.profiler.trace(os.path.join(FLAGS.profile_dir, tag)):
-            for _ in range(3):
-              state, metrics = programs.train_step(state, batch)
-            jax.block_until_ready(metrics)
-        row = {
-            "benchmark": "step", "config": name, "variant": base_arg, "batch_size": batch_size,
-            "dtype": config.model.dtype, "depthwise_impl": config.model.depthwise_impl,
-            "model_overrides": model_set,
-            "params": models.count_params(jax.device_get(state.params)),
-            "step_ms": 1e3 * step_s, "samples_per_s": batch_size / step_s,
-            "synced_step_ms": 1e3 * synced_step_s,
-            "audio_s_per_s": batch_size * config.data.segment_seconds / step_s,
-            "compile_and_first_step_s": compile_s,
-            "peak_memory_gib": stats.get("peak_bytes_in_use", float("nan")) / 2**30}
-        _progress(f"{name}: step {1e3 * step_s:.1f} ms back to back, {1e3 * synced_step_s:.1f} ms "
-                  "when each step is waited for")
-        if FLAGS.e2e_steps:
-          _progress(f"{name}: {FLAGS.e2e_steps} steps fed by the {config.data.loader} loader")
-          rate = _time_end_to_end(config, programs, state, FLAGS.e2e_steps)
-          row.update(e2e_samples_per_s=rate, e2e_fraction_of_step=rate / row["samples_per_s"],
-                     loader=config.data.loader, host_audio_dtype=config.data.host_audio_dtype)
-        _record(workdir, row)
-        del programs, state, batch
-        jax.clear_caches()
+        jax.block_until_ready(metrics)
+    row = {
+        "benchmark": "step", "config": name, "variant": base_arg, "batch_size": batch_size,
+        "dtype": config.model.dtype, "depthwise_impl": config.model.depthwise_impl,
+        "model_overrides": model_set,
+        "params": models.count_params(jax.device_get(state.params)),
+        "step_ms": 1e3 * step_s, "samples_per_s": batch_size / step_s,
+        "synced_step_ms": 1e3 * synced_step_s,
+        "audio_s_per_s": batch_size * config.data.segment_seconds / step_s,
+        "compile_and_first_step_s": compile_s,
+        "peak_memory_gib": stats.get("peak_bytes_in_use", float("nan")) / 2**30}
+    _progress(f"{name}: step {1e3 * step_s:.1f} ms back to back, {1e3 * synced_step_s:.1f} ms "
+              "when each step is waited for")
+    if FLAGS.e2e_steps:
+      _progress(f"{name}: {FLAGS.e2e_steps} steps fed by the {config.data.loader} loader")
+      rate = _time_end_to_end(config, programs, state, FLAGS.e2e_steps)
+      row.update(e2e_samples_per_s=rate, e2e_fraction_of_step=rate / row["samples_per_s"],
+                 loader=config.data.loader, host_audio_dtype=config.data.host_audio_dtype)
+    _record(workdir, row)
+    del programs, state, batch
+    jax.clear_caches()
 
 
 def bench_latency(base_arg: str, workdir: str) -> None:
@@ -328,6 +358,11 @@ def write_markdown(workdir: str) -> str:
               f"{r['shape']} {r['dtype']} (XLA cost model, compiled only)")
       figure = (f"{r['bytes_accessed_mb']:.0f} MB accessed = "
                 f"{r['bytes_accessed_mb'] / r['tensor_mb']:.1f} activation-sized tensors")
+    elif r["benchmark"] == "step_cost":
+      overrides = f", {r['model_overrides']}" if r.get("model_overrides") else ""
+      what = (f"{r['config']} training step ({r['dtype']}{overrides}), batch {r['batch_size']} "
+              "(XLA cost model, compiled only)")
+      figure = f"{r['bytes_accessed_gb']:.1f} GB accessed, {r['gflops']:.0f} GFLOP"
     elif r["benchmark"] == "accuracy":
       what = f"{r['config']} ({r['dtype']}) trained {r['steps']} steps, batch {r['batch_size']}"
       figure = f"best val SI-SDRi {r['val_sisdri']:.2f} dB ({r['val_examples']} val mixtures)"
@@ -356,7 +391,7 @@ def main(argv):
   common.setup_logging()
   config = _CONFIG.value
   workdir = FLAGS.workdir or os.path.join("benchmarks", "local")
-  known = ("render", "loader", "step", "latency", "evaluation", "norm_cost")
+  known = ("render", "loader", "step", "latency", "evaluation", "norm_cost", "step_cost")
   unknown = set(FLAGS.what) - set(known)
   if unknown:
     common.fail(f"--what has {sorted(unknown)}; use {', '.join(known)}")
@@ -372,6 +407,8 @@ def main(argv):
     bench_evaluation(workdir)
   if "norm_cost" in FLAGS.what:
     bench_norm_cost(workdir)
+  if "step_cost" in FLAGS.what:
+    bench_step_cost(common.config_variant(), workdir)
   print(f"table: {write_markdown(workdir)}")
 
 
