@@ -331,6 +331,7 @@ def write_markdown(workdir: str) -> str:
   rows = [json.loads(line) for line in open(os.path.join(workdir, "results.jsonl"))]
   lines = ["| benchmark | what | figure | device | command |", "| --- | --- | --- | --- | --- |"]
   for r in rows:
+    overrides = f", {r['model_overrides']}" if r.get("model_overrides") else ""
     if r["benchmark"] == "render":
       what, figure = f"{r['segment_s']} s at {r['rate']} Hz, noise={r['noise']}", \
           f"{r['mixtures_per_s_per_core']:.1f} mixtures/s per core"
@@ -359,7 +360,6 @@ def write_markdown(workdir: str) -> str:
       figure = (f"{r['bytes_accessed_mb']:.0f} MB accessed = "
                 f"{r['bytes_accessed_mb'] / r['tensor_mb']:.1f} activation-sized tensors")
     elif r["benchmark"] == "step_cost":
-      overrides = f", {r['model_overrides']}" if r.get("model_overrides") else ""
       what = (f"{r['config']} training step ({r['dtype']}{overrides}), batch {r['batch_size']} "
               "(XLA cost model, compiled only)")
       figure = f"{r['bytes_accessed_gb']:.1f} GB accessed, {r['gflops']:.0f} GFLOP"
@@ -367,7 +367,6 @@ def write_markdown(workdir: str) -> str:
       what = f"{r['config']} ({r['dtype']}) trained {r['steps']} steps, batch {r['batch_size']}"
       figure = f"best val SI-SDRi {r['val_sisdri']:.2f} dB ({r['val_examples']} val mixtures)"
     else:
-      overrides = f", {r['model_overrides']}" if r.get("model_overrides") else ""
       what = (f"{r['config']} ({r['dtype']}, {r['depthwise_impl']}{overrides}), "
               f"batch {r['batch_size']}")
       # Rows before synced_step_ms existed timed waited-for steps only.
