@@ -7,7 +7,8 @@
 #   variants  ild_ipd step per speed variant (MODEL_SETS, ';'-separated), + real loader, profiles
 #   latency   forward latency of every configuration, batch 1
 #   accuracy  mono trained ACC_STEPS steps in float32 and bfloat16 side by side (val SI-SDRi)
-# Figures go to $OUT/h100/results.{jsonl,md}; profiles to $OUT/profiles.tar.gz. Each stage has
+#   scaling   ild_ipd step + real loader on 1 GPU at batch 16, then on every GPU at 16 per GPU
+# Figures go to $OUT/$BENCH_NAME/results.{jsonl,md} (BENCH_NAME default h100); profiles to $OUT/profiles.tar.gz. Each stage has
 # its own timeout and the call a deadline (DEADLINE s), so one slow stage costs only itself;
 # progress goes to $OUT/stages.log as it comes. Split the stages over two or three calls.
 set -u
@@ -20,7 +21,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 # Compiling the unrolled 16-block models takes XLA ~45 s per program on this host: programs
 # compiled by one process are reused by the next through the persistent cache.
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 JAX_COMPILATION_CACHE_DIR=/tmp/jax_cache
-W=$OUT/h100; LOG=$OUT/stages.log; mkdir -p $W /tmp/prof
+W=$OUT/${BENCH_NAME:-h100}; LOG=$OUT/stages.log; mkdir -p $W /tmp/prof
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 DATA="--config.data.num_examples.train=1024 --config.data.num_examples.val=128 --config.data.num_examples.test=16 --config.data.num_rooms=8 --config.data.loader=grain --config.data.host_audio_dtype=float16 --config.data.loader_workers=4"
 STEP="launch/benchmark.py --what=step --batch_sizes=16 --steps=20 --workdir=$W --profile_dir=/tmp/prof --e2e_steps=40"
@@ -39,7 +40,11 @@ if has mono; then
   stamp mono; run_stage 240 python3 $STEP --config=configs/mono.py:gpu $DATA --step_configs=mono
   run_stage 60 python3 launch/benchmark.py --what=norm_cost --workdir=$W
 fi
-if has torch; then stamp torch; run_stage 420 python3 launch/torch_peer.py --dtype=both --modes=eager,compile --workdir=$W; fi
+if has torch; then
+  # TORCH_RUNS: ';'-separated argument sets, one torch_peer.py process each
+  IFS=';' read -ra RUNS <<< "${TORCH_RUNS:---dtype=both --modes=eager,compile}"
+  for r in "${RUNS[@]}"; do stamp "torch $r"; run_stage 420 python3 launch/torch_peer.py $r --workdir=$W; done
+fi
 if has variants; then
   IFS=';' read -ra SETS <<< "$MODEL_SETS"
   for m in "${SETS[@]}"; do stamp "ild_ipd [$m]"; run_stage 240 python3 $STEP --config=configs/ild_ipd.py:gpu $DATA --step_configs=ild_ipd --model_set="$m"; done
@@ -61,5 +66,13 @@ if has accuracy; then
       --config.train.eval_batches=8 --config.eval.max_examples=1 --config.eval.metrics="('sisdr',)" >/tmp/acc_$dtype.log &
   done
   wait; for dtype in float32 bfloat16; do mkdir -p $W/acc_$dtype; cp /tmp/acc_$dtype/logs/metrics.jsonl /tmp/acc_$dtype/train_summary.json $W/acc_$dtype/ 2>/dev/null; grep -i "val\|error" /tmp/acc_$dtype.log | tail -3; done
+fi
+if has scaling; then
+  GPUS=$(nvidia-smi -L | wc -l)
+  for n in 1 $GPUS; do
+    stamp "scaling: $n GPU(s), batch $((16 * n))"
+    CUDA_VISIBLE_DEVICES=$(seq -s, 0 $((n - 1))) run_stage 240 python3 $STEP --config=configs/ild_ipd.py:gpu \
+      $DATA --config.data.loader_workers=8 --step_configs=ild_ipd --batch_sizes=$((16 * n))
+  done
 fi
 stamp done; tar czf $OUT/profiles.tar.gz -C /tmp prof; ls -la $OUT $W
