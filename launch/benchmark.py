@@ -367,8 +367,9 @@ def write_markdown(workdir: str) -> str:
       what = f"{r['config']} ({r['dtype']}) trained {r['steps']} steps, batch {r['batch_size']}"
       figure = f"best val SI-SDRi {r['val_sisdri']:.2f} dB ({r['val_examples']} val mixtures)"
     else:
+      devices = f" on {r['num_devices']} devices" if r.get("num_devices", 1) > 1 else ""
       what = (f"{r['config']} ({r['dtype']}, {r['depthwise_impl']}{overrides}), "
-              f"batch {r['batch_size']}")
+              f"batch {r['batch_size']}{devices}")
       # Rows before synced_step_ms existed timed waited-for steps only.
       timing = (f"{r['step_ms']:.1f} ms/step back to back ({r['synced_step_ms']:.1f} waited "
                 "for)" if "synced_step_ms" in r else f"{r['step_ms']:.1f} ms/step waited for")

@@ -47,7 +47,12 @@ if has torch; then
 fi
 if has variants; then
   IFS=';' read -ra SETS <<< "$MODEL_SETS"
-  for m in "${SETS[@]}"; do stamp "ild_ipd [$m]"; run_stage 240 python3 $STEP --config=configs/ild_ipd.py:gpu $DATA --step_configs=ild_ipd --model_set="$m"; done
+  for m in "${SETS[@]}"; do
+    stamp "ild_ipd [$m]"; tag=${m//[=,]/_}
+    # The optimised HLO of the step names the fusions the profile times ($OUT/hlo.tar.gz).
+    XLA_FLAGS="--xla_dump_to=/tmp/hlo/${tag:-default} --xla_dump_hlo_as_text --xla_dump_hlo_module_re=.*train_step.*" \
+      run_stage 240 python3 $STEP --config=configs/ild_ipd.py:gpu $DATA --step_configs=ild_ipd --model_set="$m"
+  done
 fi
 if has latency; then
   LATENCY_CONFIGS=${LATENCY_CONFIGS:-mono,unilateral,bilateral,ipd,ild,ild_ipd,ipd_af}
@@ -75,4 +80,6 @@ if has scaling; then
       $DATA --config.data.loader_workers=8 --step_configs=ild_ipd --batch_sizes=$((16 * n))
   done
 fi
-stamp done; tar czf $OUT/profiles.tar.gz -C /tmp prof; ls -la $OUT $W
+stamp done; tar czf $OUT/profiles.tar.gz -C /tmp prof
+[ -d /tmp/hlo ] && (cd /tmp && find hlo -name "*after_optimizations.txt" | tar czf $OUT/hlo.tar.gz -T -)
+ls -la $OUT $W

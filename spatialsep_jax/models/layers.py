@@ -126,11 +126,33 @@ fused_global_layer_norm.defvjp(_fused_gln_fwd, _fused_gln_bwd)
 # channels) for the per-example ones: two reductions over different axes, which XLA cannot
 # put in one kernel, so (x, g) are read twice before dx. Here both come from [B, C] partial
 # sums over time alone (one multi-output reduction, one read), then tiny reductions of
-# those. Not yet timed on a GPU: benchmark it against 'fused' before making it a default.
+# those; the forward statistics too. Benchmark it against 'fused' before making it a default.
+def _partials_gln_statistics(x: jax.Array, eps: float) -> tuple[jax.Array, jax.Array]:
+  """`_gln_statistics` from [B, C] partial sums over time (a column reduction with B C
+  outputs, which spreads over the whole GPU) and then tiny sums over channels."""
+  x32 = x.astype(jnp.float32)
+  count = x.shape[1] * x.shape[2]
+  mean = (jnp.sum(jnp.sum(x32, axis=1), axis=1) / count)[:, None, None]
+  mean_square = (jnp.sum(jnp.sum(jnp.square(x32), axis=1), axis=1) / count)[:, None, None]
+  var = jnp.maximum(mean_square - jnp.square(mean), 0.0)
+  return mean, jax.lax.rsqrt(var + eps)
+
+
+def _partials_gln_forward(x, scale, bias, eps, out_dtype):
+  mean, rstd = _partials_gln_statistics(x, eps)
+  return ((x.astype(jnp.float32) - mean) * rstd * scale + bias).astype(out_dtype), mean, rstd
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def partials_global_layer_norm(x, scale, bias, eps, out_dtype):
-  """`fused_global_layer_norm` with a backward built on [B, C] partial sums over time."""
-  return _fused_gln_forward(x, scale, bias, eps, out_dtype)[0]
+  """`fused_global_layer_norm` with every per-example sum (forward and backward) built
+  from [B, C] partial sums over time."""
+  return _partials_gln_forward(x, scale, bias, eps, out_dtype)[0]
+
+
+def _partials_gln_fwd(x, scale, bias, eps, out_dtype):
+  out, mean, rstd = _partials_gln_forward(x, scale, bias, eps, out_dtype)
+  return out, (x, scale, mean, rstd)
 
 
 def _partials_gln_bwd(eps, out_dtype, residuals, grad):
@@ -147,7 +169,7 @@ def _partials_gln_bwd(eps, out_dtype, residuals, grad):
   return d_x.astype(x.dtype), jnp.sum(sum_g_normed, axis=0), jnp.sum(sum_g, axis=0)
 
 
-partials_global_layer_norm.defvjp(_fused_gln_fwd, _partials_gln_bwd)
+partials_global_layer_norm.defvjp(_partials_gln_fwd, _partials_gln_bwd)
 
 
 class GlobalLayerNorm(nn.Module):
