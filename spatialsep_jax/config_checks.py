@@ -19,7 +19,7 @@ _CHOICES = {
     "model.fusion": ("concat", "attention"),
     "model.feature_norm": ("joint", "separate"),
     "model.dtype": ("float32", "bfloat16"),
-    "model.depthwise_impl": ("slices", "xla"),
+    "model.depthwise_impl": ("slices", "xla", "slices_vjp"),
     "loss.name": ("neg_sisdr", "neg_snr"),
 }
 _FEATURES = ("ipd", "ild", "ipd_cossin")

@@ -188,7 +188,7 @@ def test_global_layer_norm_matches_numpy():
   np.testing.assert_allclose(module.apply({"params": params}, x), want, atol=1e-5)
 
 
-@pytest.mark.parametrize("length,stride", [(16, 1), (16, 2), (13, 2), (7, 1)])
+@pytest.mark.parametrize("length,stride", [(16, 1), (16, 2), (13, 2), (7, 1), (14, 3), (9, 3)])
 def test_depthwise_impls_agree_with_numpy_and_each_other(length, stride):
   rng = np.random.default_rng(length + stride)
   x = rng.standard_normal((2, length, 3)).astype(np.float32)
@@ -203,8 +203,9 @@ def test_depthwise_impls_agree_with_numpy_and_each_other(length, stride):
     loss = lambda x_, k_: jnp.sum(jnp.sin(layers.depthwise_conv1d(x_, k_, stride, impl)))
     grads[impl] = jax.grad(loss, argnums=(0, 1))(jnp.asarray(x), jnp.asarray(kernel))
     np.testing.assert_allclose(outputs[impl], want, atol=1e-5)
-  for got, other in zip(grads["slices"], grads["xla"]):
-    np.testing.assert_allclose(got, other, atol=1e-5)
+  for impl in ("xla", "slices_vjp"):
+    for got, other in zip(grads["slices"], grads[impl]):
+      np.testing.assert_allclose(got, other, atol=1e-5)
 
 
 def test_depthwise_impls_give_the_same_model(two_channel_ipd):
@@ -287,7 +288,8 @@ def _unrolled_to_scanned(params, num_blocks):
 @pytest.mark.parametrize("overrides", [dict(norm_impl="fused"), dict(remat="block"),
                                        dict(scan_blocks=True, remat="dots"),
                                        dict(norm_impl="fused_partials", scan_blocks=True,
-                                            remat="dots")])
+                                            remat="dots"),
+                                       dict(depthwise_impl="slices_vjp", norm_impl="fused")])
 def test_speed_variants_compute_the_same_function(overrides):
   """Fused norms, rematerialisation and scanned blocks change speed and memory only."""
   config = make_config(TWO, ("ipd",))
