@@ -47,3 +47,43 @@ def test_kind_of_classifies_xla_kernel_names():
               "loop_dynamic_update_slice_fusion_8": "copy / scan stacking",
               "void cutlass::Kernel2<cutlass_80_tensorop_bf16_s16816gemm>": "matmul"}
   assert {name: profile_summary.kind_of(name) for name in expected} == expected
+
+
+_HLO = """HloModule jit_step
+
+%fused_reduce (param_0: bf16[4,8]) -> (f32[4], bf16[4,8]) {
+  %param_0 = bf16[4,8]{1,0} parameter(0)
+}
+
+ENTRY %main (x: bf16[4,8], w: f32[8]) -> f32[4,8] {
+  %x = bf16[4,8]{1,0} parameter(0)
+  %w = f32[8]{0} parameter(1)
+  %input_reduce_fusion.3 = (f32[4]{0}, bf16[4,8]{1,0}) fusion(%x), kind=kInput, calls=%fused_reduce
+  ROOT %loop_add_fusion = f32[4,8]{1,0} fusion(%input_reduce_fusion.3#0, /*index=1*/%input_reduce_fusion.3#1, %w), kind=kLoop, calls=%fused_add, metadata={op_name="jit(step)/add"}
+}
+"""
+
+
+def test_hlo_operand_bytes_counts_results_operands_and_tuple_elements(tmp_path):
+  sys.path.insert(0, os.path.join(ROOT, "launch"))
+  import profile_summary
+  (tmp_path / "module_0001.jit_step.sm_9.0a_gpu_after_optimizations.txt").write_text(_HLO)
+  sizes = profile_summary.hlo_operand_bytes(str(tmp_path))
+  # results (4 * 4 + 32 * 2) + operand x (32 * 2); the trace spells '.' as '_'
+  assert sizes["input_reduce_fusion_3"] == 16 + 64 + 64
+  # result 32 * 4 + tuple elements #0 (16) and #1 (64) + w (32)
+  assert sizes["loop_add_fusion"] == 128 + 16 + 64 + 32
+
+
+def test_hlo_operand_bytes_reads_a_real_compiled_module(tmp_path):
+  sys.path.insert(0, os.path.join(ROOT, "launch"))
+  import jax
+  import jax.numpy as jnp
+  import profile_summary
+  step = jax.jit(lambda x: jnp.sum(jnp.sin(x.astype(jnp.float32)) * 2, axis=1))
+  text = step.lower(jax.ShapeDtypeStruct((64, 128), jnp.bfloat16)).compile().as_text()
+  path = tmp_path / "after_optimizations.txt"
+  path.write_text(text)
+  sizes = profile_summary.hlo_operand_bytes(str(path))
+  # Whatever this backend fuses, the kernels together read the input and write the output.
+  assert sizes and sum(sizes.values()) >= 64 * 128 * 2 + 64 * 4
