@@ -89,6 +89,7 @@ def get_base_config(variant: str = "") -> ml_collections.ConfigDict:
   model.depthwise_impl = "slices"     # slices | xla | slices_vjp (hand-written backward)
   model.norm_impl = "autodiff"        # autodiff | fused (one-pass statistics, hand-written VJP) | fused_partials
   model.remat = "none"                # none | block | dots (recompute U-ConvBlocks in backward)
+  model.remat_blocks = -1             # remat only the first N blocks (-1: all; N needs unrolled blocks)
   model.scan_blocks = False           # True: nn.scan over the blocks (stacked params, faster compile)
 
   # ---------------------------------------------------------------- loss

@@ -108,16 +108,30 @@ def _top_level_items(text: str) -> list[str]:
   return [item for item in items if item.strip()]
 
 
-def hlo_operand_bytes(path: str) -> dict[str, int]:
-  """Instruction name -> bytes of its result and operands, for every fusion, custom call
-  and copy in an optimised HLO text dump (the largest one in a dump folder)."""
+def layer_of(op_name: str) -> str:
+  """'fwd'/'bwd' and the layer an HLO op_name belongs to, block indices dropped:
+  '.../transpose(jvp(SuDORMRF))/SuDORMRF.blocks/block_15/depthwise_0/reduce_sum' ->
+  'bwd depthwise'."""
+  parts = op_name.split("/")
+  # Scopes that name no layer: jit-wrapped helpers (jit(_pad)), Flax's Dense inside a
+  # named Pointwise, and the plumbing of scan and remat.
+  scopes = [part for part in parts[:-1] if not part.startswith(("jit(", "transpose(", "jvp("))
+            and part not in ("dense", "checkpoint", "while", "body", "eval_jaxpr", "rematted_computation")]
+  layer = re.sub(r"_\d+$", "", scopes[-1]) if scopes else parts[-1]
+  return ("bwd " if "transpose(" in op_name else "fwd ") + layer
+
+
+def hlo_operand_bytes(path: str) -> tuple[dict[str, int], dict[str, str]]:
+  """(instruction name -> bytes of its result and operands, for every fusion, custom call
+  and copy; instruction name -> `layer_of` its op_name) from an optimised HLO text dump
+  (the largest one in a dump folder). Names are spelled as in traces ('.' -> '_')."""
   if os.path.isdir(path):
     found = glob.glob(os.path.join(path, "**", "*after_optimizations.txt"), recursive=True)
     if not found:
       common.fail(f"no *after_optimizations.txt under {path}; dump with XLA_FLAGS="
                   "--xla_dump_to=DIR --xla_dump_hlo_as_text")
     path = max(found, key=os.path.getsize)
-  element_bytes, calls = {}, {}
+  element_bytes, calls, layers = {}, {}, {}
   for line in open(path):
     match = _DEFINITION.match(line)
     if not match:
@@ -126,6 +140,9 @@ def hlo_operand_bytes(path: str) -> dict[str, int]:
     type_end = _closing(rest, 0) + 1 if rest.startswith("(") else rest.find(" ")
     # A tuple result's elements are addressed as "name#k" by the instructions using them.
     element_bytes[name] = [_shape_bytes(element) for element in _top_level_items(rest[:type_end])]
+    op_name = re.search(r'op_name="([^"]*)"', rest)
+    if op_name:
+      layers[name.replace(".", "_")] = layer_of(op_name.group(1))
     call = re.match(r"\s*([a-z][\w\-]*)\(", rest[type_end:])
     if call and call.group(1) in ("fusion", "custom-call", "copy"):
       open_at = type_end + call.end() - 1
@@ -145,13 +162,13 @@ def hlo_operand_bytes(path: str) -> dict[str, int]:
     result = sum(element_bytes[name])
     # Kernel names in traces spell the HLO name's dots as underscores.
     sizes[name.replace(".", "_")] = result + operand_bytes
-  return sizes
+  return sizes, layers
 
 
 def main(argv):
   if len(argv) != 2:
     common.fail("usage: launch/profile_summary.py <trace folder or .xplane.pb> [--top=N]")
-  sizes = hlo_operand_bytes(FLAGS.hlo) if FLAGS.hlo else {}
+  sizes, layers = hlo_operand_bytes(FLAGS.hlo) if FLAGS.hlo else ({}, {})
   for path in _xplane_files(argv[1]):
     print(f"== {path}")
     for plane, (totals, calls) in kernel_times(path).items():
@@ -167,6 +184,12 @@ def main(argv):
         moved = sum(sizes[name] * calls[name] for name in totals if name in sizes)
         print(f"  kernels found in the HLO: {100 * known / total:.0f}% of the time, "
               f"{moved / 1e9:.1f} GB of operands and results, {moved / (known / 1e12) / 1e9:.0f} GB/s")
+      if layers:
+        by_layer = collections.Counter()
+        for name, ps in totals.items():
+          by_layer[layers.get(name, "unnamed")] += ps
+        print("  by layer: " + ", ".join(f"{layer} {100 * ps / total:.1f}%"
+                                         for layer, ps in by_layer.most_common(12)))
       for name, ps in totals.most_common(FLAGS.top):
         line = f"  {100 * ps / total:5.1f}%  {ps / 1e9:8.3f} ms  {calls[name]:5d}x  "
         if sizes:

@@ -289,7 +289,8 @@ def _unrolled_to_scanned(params, num_blocks):
                                        dict(scan_blocks=True, remat="dots"),
                                        dict(norm_impl="fused_partials", scan_blocks=True,
                                             remat="dots"),
-                                       dict(depthwise_impl="slices_vjp", norm_impl="fused")])
+                                       dict(depthwise_impl="slices_vjp", norm_impl="fused"),
+                                       dict(remat="block", remat_blocks=1)])
 def test_speed_variants_compute_the_same_function(overrides):
   """Fused norms, rematerialisation and scanned blocks change speed and memory only."""
   config = make_config(TWO, ("ipd",))
@@ -321,3 +322,23 @@ def test_unknown_speed_options_are_one_line_errors():
     config.model[key] = value
     with pytest.raises(ValueError, match=f"model.{key}"):
       models.build(config)
+  config = make_config()
+  config.model.update(num_blocks=4, remat="block", remat_blocks=2, scan_blocks=True)
+  with pytest.raises(ValueError, match="model.remat_blocks=2 of 4 needs model.scan_blocks=False"):
+    models.build(config)
+
+
+def test_remat_blocks_rematerialises_only_the_first_blocks():
+  """The remat wrapper shows in the traced gradient as one `remat` per rematted block."""
+  config = make_config(TWO, ("ipd",))
+  config.model.update(num_blocks=3, remat="block", remat_blocks=2)
+  model = models.build(config)
+  mixture = jnp.zeros((1, 240, 2))
+  params = random_params(model, 240)
+  jaxpr = jax.make_jaxpr(jax.grad(lambda p: jnp.sum(model.apply({"params": p}, mixture))))(params)
+  assert str(jaxpr).count("remat") == 2
+  for remat_blocks, count in ((-1, 3), (0, 0)):
+    config.model.remat_blocks = remat_blocks
+    jaxpr = jax.make_jaxpr(jax.grad(
+        lambda p: jnp.sum(models.build(config).apply({"params": p}, mixture))))(params)
+    assert str(jaxpr).count("remat") == count

@@ -68,7 +68,8 @@ def test_hlo_operand_bytes_counts_results_operands_and_tuple_elements(tmp_path):
   sys.path.insert(0, os.path.join(ROOT, "launch"))
   import profile_summary
   (tmp_path / "module_0001.jit_step.sm_9.0a_gpu_after_optimizations.txt").write_text(_HLO)
-  sizes = profile_summary.hlo_operand_bytes(str(tmp_path))
+  sizes, layers = profile_summary.hlo_operand_bytes(str(tmp_path))
+  assert layers == {"loop_add_fusion": "fwd add"}
   # results (4 * 4 + 32 * 2) + operand x (32 * 2); the trace spells '.' as '_'
   assert sizes["input_reduce_fusion_3"] == 16 + 64 + 64
   # result 32 * 4 + tuple elements #0 (16) and #1 (64) + w (32)
@@ -84,6 +85,15 @@ def test_hlo_operand_bytes_reads_a_real_compiled_module(tmp_path):
   text = step.lower(jax.ShapeDtypeStruct((64, 128), jnp.bfloat16)).compile().as_text()
   path = tmp_path / "after_optimizations.txt"
   path.write_text(text)
-  sizes = profile_summary.hlo_operand_bytes(str(path))
+  sizes, _ = profile_summary.hlo_operand_bytes(str(path))
   # Whatever this backend fuses, the kernels together read the input and write the output.
   assert sizes and sum(sizes.values()) >= 64 * 128 * 2 + 64 * 4
+
+
+def test_layer_of_names_direction_and_layer():
+  sys.path.insert(0, os.path.join(ROOT, "launch"))
+  import profile_summary
+  assert profile_summary.layer_of("jit(train_step)/transpose(jvp(SuDORMRF))/SuDORMRF.blocks/"
+                                  "block_15/depthwise_0/reduce_sum") == "bwd depthwise"
+  assert profile_summary.layer_of("jit(train_step)/jvp(SuDORMRF)/SuDORMRF.blocks/block_0/"
+                                  "fused_norm/mul") == "fwd fused_norm"

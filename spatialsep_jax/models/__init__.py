@@ -47,6 +47,11 @@ def _validate(model_config: ml_collections.ConfigDict, num_channels: int) -> Non
     raise ValueError(f"unknown model.norm_impl {model_config.norm_impl!r}; use one of {NORM_IMPLS}")
   if model_config.get("remat", "none") not in REMAT_MODES:
     raise ValueError(f"unknown model.remat {model_config.remat!r}; use one of {REMAT_MODES}")
+  remat_blocks = int(model_config.get("remat_blocks", -1))
+  if (model_config.get("scan_blocks", False) and model_config.get("remat", "none") != "none"
+      and 0 < remat_blocks < model_config.num_blocks):
+    raise ValueError(f"model.remat_blocks={remat_blocks} of {model_config.num_blocks} needs "
+                     "model.scan_blocks=False (a scan rematerialises all blocks or none)")
   if model_config.enc_basis % 2 or model_config.enc_basis % num_channels:
     raise ValueError(f"model.enc_basis={model_config.enc_basis} must be even and divisible by "
                      f"the {num_channels} input channels (grouped encoder, mask conv of width E+1)")
@@ -84,6 +89,7 @@ def build(config: ml_collections.ConfigDict) -> SuDORMRF:
       depthwise_impl=model_config.depthwise_impl,
       norm_impl=model_config.get("norm_impl", "autodiff"),
       remat=model_config.get("remat", "none"),
+      remat_blocks=int(model_config.get("remat_blocks", -1)),
       scan_blocks=bool(model_config.get("scan_blocks", False)))
 
 

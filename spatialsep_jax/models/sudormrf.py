@@ -182,6 +182,7 @@ class SuDORMRF(nn.Module):
   depthwise_impl: str = "slices"
   norm_impl: str = "autodiff"
   remat: str = "none"
+  remat_blocks: int = -1
   scan_blocks: bool = False
 
   @property
@@ -243,22 +244,32 @@ class SuDORMRF(nn.Module):
     """The U-ConvBlock stack `[B, L, bottleneck]` -> same: unrolled (`block_<i>` parameters)
     or, with `scan_blocks`, one `nn.scan` over stacked parameters (`blocks`; compiles one
     block instead of `num_blocks`). `remat` recomputes each block in the backward pass
-    ('block': keeps only block inputs) or keeps only its matmul outputs ('dots')."""
-    block_class = UConvBlock
+    ('block': keeps only block inputs) or keeps only its matmul outputs ('dots'), in the
+    first `remat_blocks` blocks (all when negative; a partial count needs unrolled blocks):
+    the others keep their activations, trading memory for the recomputation."""
+    rematted = UConvBlock
     if self.remat != "none":
       policy = {"block": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
       if self.remat not in policy:
         raise ValueError(f"unknown model.remat {self.remat!r}; use one of {REMAT_MODES}")
-      block_class = nn.remat(UConvBlock, policy=policy[self.remat], prevent_cse=not self.scan_blocks)
-    make = lambda **kw: block_class(self.block_channels, self.upsampling_depth, self.dw_kernel,
-                                    self.depthwise_impl, self.dtype, self.norm_impl, **kw)
+      rematted = nn.remat(UConvBlock, policy=policy[self.remat], prevent_cse=not self.scan_blocks)
+    num_rematted = self.num_blocks if self.remat_blocks < 0 else min(self.remat_blocks,
+                                                                       self.num_blocks)
+    if self.scan_blocks and num_rematted not in (0, self.num_blocks):
+      raise ValueError(f"model.remat_blocks={self.remat_blocks} rematerialises some of the "
+                       f"{self.num_blocks} blocks, which needs model.scan_blocks=False")
+    make = lambda block_class, **kw: block_class(
+        self.block_channels, self.upsampling_depth, self.dw_kernel, self.depthwise_impl,
+        self.dtype, self.norm_impl, **kw)
     if not self.scan_blocks:
       for index in range(self.num_blocks):
-        x = make(name=f"block_{index}")(x)
+        block_class = rematted if index < num_rematted else UConvBlock
+        x = make(block_class, name=f"block_{index}")(x)
       return x
+    block_class = rematted if num_rematted else UConvBlock
     scanned = nn.scan(_ScanBody, variable_axes={"params": 0}, split_rngs={"params": True},
                       length=self.num_blocks)
-    x, _ = scanned(make(parent=None), name="blocks")(x, None)
+    x, _ = scanned(make(block_class, parent=None), name="blocks")(x, None)
     return x
 
   @nn.compact
