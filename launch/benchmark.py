@@ -244,7 +244,7 @@ def bench_step(base_arg: str, workdir: str) -> None:
         "compile_and_first_step_s": compile_s,
         "peak_memory_gib": stats.get("peak_bytes_in_use", float("nan")) / 2**30}
     _progress(f"{name}: step {1e3 * step_s:.1f} ms back to back, {1e3 * synced_step_s:.1f} ms "
-              "when each step is waited for")
+              f"when each step is waited for, peak {row['peak_memory_gib']:.2f} GiB")
     if FLAGS.e2e_steps:
       _progress(f"{name}: {FLAGS.e2e_steps} steps fed by the {config.data.loader} loader")
       rate = _time_end_to_end(config, programs, state, FLAGS.e2e_steps)
