@@ -230,7 +230,7 @@ def config_fingerprint(config) -> str:
   for where_or_how in ("shards_dir", "cache_dir", "loader", "prefetch", "loader_workers",
                        "host_audio_dtype", "device_prefetch"):
     relevant["data"].pop(where_or_how, None)
-  for how in ("norm_impl", "remat"):  # the same function, computed differently
+  for how in ("norm_impl", "remat", "remat_blocks"):  # the same function, computed differently
     relevant["model"].pop(how, None)
   if not relevant["model"].get("scan_blocks"):  # stacked parameters only when scanned
     relevant["model"].pop("scan_blocks", None)
