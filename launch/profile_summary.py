@@ -115,8 +115,9 @@ def layer_of(op_name: str) -> str:
   parts = op_name.split("/")
   # Scopes that name no layer: jit-wrapped helpers (jit(_pad)), Flax's Dense inside a
   # named Pointwise, and the plumbing of scan and remat.
-  scopes = [part for part in parts[:-1] if not part.startswith(("jit(", "transpose(", "jvp("))
-            and part not in ("dense", "checkpoint", "while", "body", "eval_jaxpr", "rematted_computation")]
+  plumbing = ("dense", "checkpoint", "while", "body", "eval_jaxpr", "rematted_computation")
+  scopes = [part for part in parts[:-1]
+            if not part.startswith(("jit(", "transpose(", "jvp(")) and part not in plumbing]
   layer = re.sub(r"_\d+$", "", scopes[-1]) if scopes else parts[-1]
   return ("bwd " if "transpose(" in op_name else "fwd ") + layer
 
