@@ -50,6 +50,10 @@ def get_base_config(variant: str = "") -> ml_collections.ConfigDict:
   data.snr_db_range = (0.0, 15.0)
   data.rir_length_seconds = 1.0       # as the study: BRIRs truncated/padded to 1 s
   data.num_rooms = 64                 # RIR bank: rooms x azimuths x distances
+  data.room_split = (0.75, 0.125, 0.125)  # fractions of the bank's rooms per train/val/test
+                                      # split (>= 1 room each): val/test rooms and their
+                                      # source positions are never used in training
+  data.share_rooms_across_splits = False  # True (ablation): every split draws from every room
   data.num_examples = ml_collections.ConfigDict(dict(train=8000, val=256, test=200))
   data.examples_per_shard = 500
   data.store_images = False           # per-talker multichannel images (dynamic mixing)
@@ -75,6 +79,8 @@ def get_base_config(variant: str = "") -> ml_collections.ConfigDict:
   model.fusion = "concat"             # concat | attention ("AF" variants)
   model.feature_norm = "joint"        # joint (the study: one norm over encoder + features) |
                                       # separate (the feature map normalised on its own first)
+  # model.feature_init = "zero" is set by the `zeroinit` token only (configs/study_configs.py);
+  # absent means the default path, so no other configuration's fingerprint changes.
   model.n_fft = 512
   model.ild_clip_db = 30.0
   model.enc_basis = 512
@@ -146,7 +152,7 @@ def get_base_config(variant: str = "") -> ml_collections.ConfigDict:
     data.num_examples = ml_collections.ConfigDict(dict(train=16, val=8, test=8))
     data.examples_per_shard = 8
     data.segment_seconds = 1.0
-    data.num_rooms = 2
+    data.num_rooms = 3                # one room per split
     data.rir_length_seconds = 0.25
     data.rt60_range = (0.2, 0.3)
     data.espeak.num_speakers = 12

@@ -3,7 +3,12 @@
 Every file in `configs/` is `get_config(arg)` where `arg` is a comma-separated
 list of tokens: a size variant (`smoke`, `gpu`, see `base.py`), for the
 feature configurations the microphone set (`mono`, `uni`, `uni_fb`, `bi`), and
-`sepnorm` (the feature map gets its own layer norm: `model.feature_norm=separate`).
+`sepnorm` (the feature map gets its own layer norm: `model.feature_norm=separate`),
+`cossin` (IPD as its cosine and sine, kind `ipd_cossin`, instead of the raw wrapped angle)
+and `zeroinit` (the feature map through a zero-initialised 1x1 conv added to the bottleneck
+input, so training starts from the feature-free model: `model.feature_init=zero`, a field
+that only this token creates, so the fingerprints of every other configuration stay as
+they were).
 Example: `--config=configs/ipd.py:uni,smoke`.
 """
 
@@ -17,7 +22,7 @@ MIC_SETS = {
     "bi": ("L_tmic", "R_tmic"),        # both T-mics
 }
 SIZE_VARIANTS = ("smoke", "gpu")
-MODEL_TOKENS = ("sepnorm",)
+MODEL_TOKENS = ("sepnorm", "cossin", "zeroinit")
 
 
 def parse_arg(arg: str, default_mics: str):
@@ -49,6 +54,16 @@ def study_config(name: str, arg: str, *, mics: str, features=(), fusion="concat"
       raise ValueError(f"token 'sepnorm' normalises a concatenated feature map; {name} has none")
     config.model.feature_norm = "separate"
     config.name += "_sepnorm"
+  if "cossin" in model_tokens:
+    if "ipd" not in features:
+      raise ValueError(f"token 'cossin' changes the IPD representation; {name} has no IPD")
+    config.model.features = tuple("ipd_cossin" if kind == "ipd" else kind for kind in features)
+    config.name += "_cossin"
+  if "zeroinit" in model_tokens:
+    if not features or fusion != "concat":
+      raise ValueError(f"token 'zeroinit' replaces a concatenated feature map; {name} has none")
+    config.model.feature_init = "zero"
+    config.name += "_zeroinit"
   return config
 
 

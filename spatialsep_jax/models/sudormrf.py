@@ -32,6 +32,18 @@ Fusion of explicit features (`features` non-empty, needs two input channels):
               a residual sigmoid gate that re-weights each encoder basis by the
               spatial evidence of the frame while keeping C = E, so the 16 blocks
               cost what the feature-free model costs.
+  feature_init='zero' (with 'concat'; not in the study): instead of the concatenation,
+              the feature map (through its own GLN under feature_norm='separate') goes
+              through a 1x1 conv F -> D whose kernel and bias start at zero, and is added to
+              the bottleneck input: x = to_bottleneck(GLN(s)) + proj(features), C = E.
+              "Starts from the bilateral model" means: the parameters are the feature-free
+              model's (same names and shapes; with the same seed the same initial values)
+              plus `feature_proj`, and at initialisation the output equals the feature-free
+              model's output exactly (tests/test_feature_fusion.py). A zero-initialised
+              branch concatenated with s could not promise that: its zero channels would
+              enter the joint norm's statistics and widen the blocks.
+The feature representation is chosen by the kind: 'ipd' the raw wrapped angle (the study),
+'ipd_cossin' its cosine and sine (2F channels, continuous at +-pi).
 The masks always multiply the un-fused encoder output s.
 
 Departures from the authors' code, on purpose:
@@ -63,6 +75,7 @@ from spatialsep_jax import features as feature_lib
 from spatialsep_jax.models import layers
 
 REMAT_MODES = ("none", "block", "dots")
+FEATURE_INITS = ("default", "zero")  # "zero": the residual feature branch (see module doc)
 
 
 class UConvBlock(nn.Module):
@@ -168,6 +181,7 @@ class SuDORMRF(nn.Module):
   feature_pair: Sequence[int] = (0, 1)
   fusion: str = "concat"
   feature_norm: str = "joint"
+  feature_init: str = "default"
   n_fft: int = 512
   ild_clip_db: float = 30.0
   enc_basis: int = 512
@@ -200,9 +214,19 @@ class SuDORMRF(nn.Module):
   @property
   def block_channels(self) -> int:
     """C of the U-ConvBlocks: E, plus the feature channels under 'concat' fusion."""
-    if self.features and self.fusion == "concat":
+    if self.features and self.fusion == "concat" and not self.zero_feature_branch:
       return self.enc_basis + self.feature_channels
     return self.enc_basis
+
+  @property
+  def zero_feature_branch(self) -> bool:
+    """Whether the features enter through the zero-initialised residual projection."""
+    if self.feature_init not in FEATURE_INITS:
+      raise ValueError(f"unknown model.feature_init {self.feature_init!r}; use one of {FEATURE_INITS}")
+    if self.feature_init == "zero" and self.features and self.fusion != "concat":
+      raise ValueError("model.feature_init='zero' replaces the 'concat' fusion; "
+                       f"model.fusion={self.fusion!r} has its own path")
+    return bool(self.features) and self.feature_init == "zero"
 
   @property
   def length_multiple(self) -> int:
@@ -218,15 +242,33 @@ class SuDORMRF(nn.Module):
                       bias_init=layers.torch_uniform_init(fan_in), name="encoder")
     return nn.relu(encoder(mixture.astype(self.dtype)))
 
-  def fuse_features(self, encoded: jax.Array, mixture: jax.Array) -> jax.Array:
-    """Spatial features on the encoder frames, fused with `encoded [B, L, E]`."""
-    if not self.features:
-      return encoded
-    feature_map = feature_lib.spatial_features(
+  def feature_map(self, mixture: jax.Array, num_frames: int) -> jax.Array:
+    """The spatial feature map `[B, L, F_total]` on the encoder frames (compute dtype)."""
+    return feature_lib.spatial_features(
         mixture, tuple(self.features), self.feature_pair, self.n_fft, self.enc_stride,
-        n_frames=encoded.shape[1],
+        n_frames=num_frames,
         center_offset=feature_lib.encoder_center_offset(self.enc_kernel, self.enc_padding),
         ild_clip_db=self.ild_clip_db).astype(self.dtype)
+
+  def feature_branch(self, mixture: jax.Array, num_frames: int) -> jax.Array:
+    """`feature_init='zero'`: proj(features) `[B, L, bottleneck]`, exactly zero at init."""
+    feature_map = self.feature_map(mixture, num_frames)
+    if self.feature_norm == "separate":
+      feature_map = layers.GlobalLayerNorm(dtype=self.dtype, impl=self.norm_impl,
+                                           name="feature_norm")(feature_map)
+    projection = nn.Dense(self.bottleneck, dtype=self.dtype, param_dtype=jnp.float32,
+                          kernel_init=nn.initializers.zeros, bias_init=nn.initializers.zeros,
+                          name="feature_proj")
+    out = projection(feature_map)
+    self.sow("intermediates", "feature_branch_output", out)  # diagnostics only
+    return out
+
+  def fuse_features(self, encoded: jax.Array, mixture: jax.Array) -> jax.Array:
+    """Spatial features on the encoder frames, fused with `encoded [B, L, E]` (identity
+    without features or with the zero-initialised branch, which `__call__` adds later)."""
+    if not self.features or self.zero_feature_branch:
+      return encoded
+    feature_map = self.feature_map(mixture, encoded.shape[1])
     if self.fusion == "concat":
       if self.feature_norm == "separate":
         # Raw IPD (rad) and ILD (dB) have far larger variances than the encoder output, so in
@@ -287,6 +329,8 @@ class SuDORMRF(nn.Module):
     self.sow("intermediates", "input_norm_input", x)  # no-op unless asked for (diagnostics)
     x = layers.GlobalLayerNorm(dtype=self.dtype, impl=self.norm_impl, name="input_norm")(x)
     x = layers.Pointwise(self.bottleneck, dtype=self.dtype, name="to_bottleneck")(x)
+    if self.zero_feature_branch:
+      x = x + self.feature_branch(mixture, encoded.shape[1])
     x = self.blocks(x)
     if self.bottleneck != self.enc_basis:
       x = layers.Pointwise(self.enc_basis, dtype=self.dtype, name="to_basis")(x)
