@@ -20,7 +20,7 @@ SPLITS = ("train", "val", "test")
 _READ_SIDE_FIELDS = ("input_channels", "target", "loader", "dynamic_mixing", "prefetch",
                      "shards_dir", "cache_dir", "loader_workers", "host_audio_dtype",
                      "device_prefetch")
-DATASET_FORMAT_VERSION = 1
+DATASET_FORMAT_VERSION = 2  # 2: room-disjoint splits, room_index in the record
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,8 @@ def render(config, directory: str | None = None, num_workers: int | None = None,
       scene=str(config.data.scene),
       noise=str(config.data.noise),
       skipped_files=dict(corpus.skipped),
+      room_splits={split: [int(r) for r in scenes.rooms_of_split(config, bank, split)]
+                   for split in SPLITS},
       data_config=json.loads(json.dumps(config.data.to_dict(), default=str)))
   make_example = functools.partial(_make_example, config.to_json())
   counts = {split: int(config.data.num_examples[split]) for split in SPLITS}
@@ -156,4 +158,5 @@ def _make_example(config_json: str, split: str, index: int) -> dict:
     utterances.append(corpus.load(utterance))
     speaker = corpus.speakers[corpus.speaker_index(speaker_id)]
     speaker_info.append((corpus.speaker_index(speaker_id), int(speaker.sex), float(speaker.f0_hz)))
-  return scenes.make_example(config, tuple(utterances), tuple(speaker_info), bank, rng, index)
+  return scenes.make_example(config, tuple(utterances), tuple(speaker_info), bank, rng, index,
+                             split=split)

@@ -1,6 +1,8 @@
 """Sampling a two-talker scene and mixing it into one example record (DESIGN.md's table).
 
-Recipe (the study's): a bank room and distinct grid azimuths per talker; each utterance randomly
+Recipe (the study's): a bank room of the example's split (rooms are partitioned between train, val
+and test unless data.share_rooms_across_splits) and distinct grid azimuths per talker; each
+utterance randomly
 cropped to the segment (shorter ones zero-padded at the start or the end at random); convolved with
 its reverberant and direct-path responses; interferers scaled to the drawn target-to-interferer
 ratio (RMS of the reverberant images at the reference mic); optional noise at the drawn SNR; the
@@ -19,6 +21,8 @@ from data_pipeline.array import CHANNEL_NAMES, channel_indices
 from data_pipeline.rooms import RirBank, build_rir_bank
 
 PEAK_LEVEL = 0.9
+SPLITS = ("train", "val", "test")
+ROOM_SPLIT_STREAM = 104729  # separates the room partition's random stream from the bank's
 DIFFUSE_DIRECTIONS = 8
 NOISE_EXTENSIONS = (".wav", ".flac", ".ogg")
 
@@ -32,6 +36,42 @@ def load_bank(config, cache_dir=None, num_workers: int = 0, progress: bool = Tru
     from data_pipeline.measured import load_measured_bank
     return load_measured_bank(data.measured_dir, int(data.sample_rate), data.rir_length_seconds)
   raise ValueError(f"data.scene={data.scene!r} is unknown; use 'simulated' or 'measured'")
+
+
+def split_rooms(num_rooms: int, fractions, seed: int) -> dict[str, np.ndarray]:
+  """Room-disjoint partition of a bank's `num_rooms` rooms: {split: sorted room indices [R_split]}.
+
+  Each split gets round(fraction * num_rooms) rooms, at least one; train takes the rest. Which
+  rooms go where follows a permutation seeded by `seed` only, so it is the same in every process.
+  """
+  fractions = tuple(float(f) for f in fractions)
+  if len(fractions) != 3 or min(fractions) <= 0:
+    raise ValueError(f"data.room_split={fractions} must be 3 positive fractions (train, val, test)")
+  fix = ("raise data.num_rooms (simulated) or add rooms to data.measured_dir, or set "
+         "data.share_rooms_across_splits=True (val/test then reuse training responses)")
+  if num_rooms < len(SPLITS):
+    raise ValueError(f"the response bank has {num_rooms} room(s) but room-disjoint train/val/test "
+                     f"splits need at least 3; {fix}")
+  total = sum(fractions)
+  num_val = max(1, round(fractions[1] / total * num_rooms))
+  num_test = max(1, round(fractions[2] / total * num_rooms))
+  num_train = num_rooms - num_val - num_test
+  if num_train < 1:
+    raise ValueError(f"data.room_split={fractions} leaves no training room of {num_rooms}; give "
+                     f"train a larger fraction or {fix}")
+  order = np.random.default_rng([int(seed), ROOM_SPLIT_STREAM]).permutation(num_rooms)
+  bounds = (0, num_train, num_train + num_val, num_rooms)
+  return {split: np.sort(order[bounds[i]:bounds[i + 1]]) for i, split in enumerate(SPLITS)}
+
+
+def rooms_of_split(config, bank: RirBank, split: str) -> np.ndarray:
+  """The bank rooms example scenes of `split` draw from: [R_split] int (all rooms when
+  data.share_rooms_across_splits)."""
+  if split not in SPLITS:
+    raise ValueError(f"unknown split {split!r}; use one of {SPLITS}")
+  if config.data.get("share_rooms_across_splits", False):
+    return np.arange(bank.num_rooms)
+  return split_rooms(bank.num_rooms, config.data.room_split, int(config.seed))[split]
 
 
 def scene_seed(seed: int, split: str, index: int) -> np.random.Generator:
@@ -108,9 +148,10 @@ def _make_noise(data, bank: RirBank, room: int, num_samples: int,
 
 
 def make_example(config, utterances, speakers, bank: RirBank, rng: np.random.Generator,
-                 example_id: int) -> dict:
-  """One example record (DESIGN.md): utterances are S 1-D float32 arrays at data.sample_rate,
-  speakers S tuples (speaker_index, sex, f0_hz) with sex 0 female, 1 male, -1 unknown."""
+                 example_id: int, *, split: str) -> dict:
+  """One example record (DESIGN.md) of `split`: utterances are S 1-D float32 arrays at
+  data.sample_rate, speakers S tuples (speaker_index, sex, f0_hz) with sex 0 female, 1 male,
+  -1 unknown. The room comes from `rooms_of_split(config, bank, split)`."""
   data = config.data
   num_sources = len(utterances)
   if num_sources != data.num_sources or num_sources < 2 or len(speakers) != num_sources:
@@ -127,9 +168,11 @@ def make_example(config, utterances, speakers, bank: RirBank, rng: np.random.Gen
   reference = channel_indices(data.reference_mic)[0]
   num_samples = int(round(data.segment_seconds * data.sample_rate))
 
-  rooms_with_enough = np.flatnonzero(bank.available.sum(axis=1) >= num_sources)
+  candidates = rooms_of_split(config, bank, split)
+  rooms_with_enough = candidates[bank.available[candidates].sum(axis=1) >= num_sources]
   if rooms_with_enough.size == 0:
-    raise ValueError(f"no room of the bank has {num_sources} azimuths; add responses")
+    raise ValueError(f"no room of the {split} split of the bank has {num_sources} azimuths; add "
+                     "responses")
   room = int(rng.choice(rooms_with_enough))
   azimuth_indices = rng.choice(np.flatnonzero(bank.available[room]), num_sources, replace=False)
 
@@ -173,6 +216,7 @@ def make_example(config, utterances, speakers, bank: RirBank, rng: np.random.Gen
       separation_deg=np.float32(min(difference, 360.0 - difference)),
       room_dims=np.asarray(bank.room_dims)[room].astype(np.float32),
       rt60=np.float32(bank.rt60[room]),
+      room_index=np.int32(room),
       drr_db=np.asarray(bank.drr_db)[room, azimuth_indices, reference].astype(np.float32),
       tir_db=np.float32(tir_db),
       snr_db=np.float32(snr_db),

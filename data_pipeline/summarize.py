@@ -7,7 +7,7 @@ import numpy as np
 from data_pipeline import shards
 
 METADATA_KEYS = ("azimuth_deg", "separation_deg", "rt60", "drr_db", "tir_db", "snr_db",
-                 "speaker_index", "speaker_sex")
+                 "speaker_index", "speaker_sex", "room_index")
 
 
 def split_metadata(directory: str, split: str) -> dict[str, np.ndarray]:
@@ -16,6 +16,19 @@ def split_metadata(directory: str, split: str) -> dict[str, np.ndarray]:
   spec = shards.spec_from_manifest(manifest)
   rows = [shards.decode_record(source[i], spec, keys=METADATA_KEYS) for i in range(len(source))]
   return {key: np.stack([row[key] for row in rows]) for key in METADATA_KEYS}
+
+
+def sex_pairing(sexes: np.ndarray) -> str:
+  """'same-sex pairs 40%' over the mixtures of [N, S] sexes (-1 unknown) whose first two talkers'
+  sexes are known; 'sex unknown' when none are."""
+  if sexes.shape[1] < 2:
+    return "one talker"
+  known = (sexes[:, 0] >= 0) & (sexes[:, 1] >= 0)
+  if not known.any():
+    return "sex unknown"
+  same = float(np.mean(sexes[known, 0] == sexes[known, 1]))
+  suffix = "" if known.all() else f" of {int(known.sum())} with known sexes"
+  return f"same-sex pairs {same:.0%}{suffix}"
 
 
 def summary_text(config, directory: str, plot: bool = True) -> str:
@@ -29,11 +42,10 @@ def summary_text(config, directory: str, plot: bool = True) -> str:
   for split in manifest["splits"]:
     meta = split_metadata(directory, split)
     stats[split] = meta
-    sexes = meta["speaker_sex"]
-    same_sex = float(np.mean(sexes[:, 0] == sexes[:, 1])) if sexes.shape[1] > 1 else float("nan")
     lines.append(
         f"{split:5s}: {len(meta['rt60']):6d} mixtures, "
-        f"{len(np.unique(meta['speaker_index'])):3d} speakers, same-sex pairs {same_sex:.0%}, "
+        f"{len(np.unique(meta['speaker_index'])):3d} speakers, {sex_pairing(meta['speaker_sex'])}, "
+        f"{len(np.unique(meta['room_index'])):3d} rooms, "
         f"RT60 {np.min(meta['rt60']):.2f}-{np.max(meta['rt60']):.2f} s, "
         f"TIR {np.min(meta['tir_db']):+.1f}..{np.max(meta['tir_db']):+.1f} dB, "
         f"separation median {np.median(meta['separation_deg']):.0f} deg")

@@ -4,6 +4,7 @@ import functools
 import json
 import os
 
+import numpy as np
 import pytest
 
 from data_pipeline import render, shards
@@ -76,3 +77,22 @@ def test_resume_after_kill_matches_clean_render(clean_render, tmp_path):
 def test_render_refuses_directory_of_another_config(clean_render):
   with pytest.raises(ValueError, match="pick another data.shards_dir"):
     render_into(clean_render, num_workers=0, config_hash="other")
+
+
+def test_smoke_render_keeps_rooms_disjoint(smoke_dataset):
+  """The real renderer (eSpeak corpus, pyroomacoustics bank) on the :smoke config."""
+  from configs import ild_ipd
+  from data_pipeline import rooms, summarize
+  shards_dir, cache_dir = smoke_dataset
+  config = ild_ipd.get_config("smoke")
+  config.data.cache_dir = cache_dir
+  bank = rooms.build_rir_bank(config, num_workers=1, progress=False)  # the render's cached bank
+  manifest = shards.read_manifest(shards_dir)
+  used = {}
+  for split in ("train", "val", "test"):
+    meta = summarize.split_metadata(shards_dir, split)
+    used[split] = set(meta["room_index"].tolist())
+    assert used[split] <= set(manifest["room_splits"][split])
+    np.testing.assert_allclose(bank.rt60[meta["room_index"]], meta["rt60"])
+  assert not used["train"] & used["val"] and not used["train"] & used["test"]
+  assert not used["val"] & used["test"]

@@ -15,7 +15,7 @@ def setup(tmp_path_factory):
   config = base.get_base_config("smoke")
   data = config.data
   data.rir_length_seconds = 0.1
-  data.num_rooms = 2
+  data.num_rooms = 3
   data.azimuth_step_deg = 45.0
   data.room_size_min = (3.0, 3.0, 2.5)
   data.room_size_max = (4.0, 4.0, 3.0)
@@ -28,10 +28,18 @@ def setup(tmp_path_factory):
   return config, bank, utterances
 
 
+def example(setup, seed, split, index, example_id=None, **kwargs):
+  """make_example for example `index` of `split` (the scene generator of (seed, split, index))."""
+  config, bank, utterances = setup
+  return scenes.make_example(config, kwargs.pop("utterances", utterances), SPEAKERS, bank,
+                             scenes.scene_seed(seed, split, index),
+                             index if example_id is None else example_id, split=split, **kwargs)
+
+
 def test_record_keys_shapes_dtypes(setup):
   config, bank, utterances = setup
   config.data.store_images = True
-  record = scenes.make_example(config, utterances, SPEAKERS, bank, scenes.scene_seed(1, "train", 0), 5)
+  record = example(setup, 1, "train", 0, example_id=5)
   config.data.store_images = False
   t = 8000
   expected = dict(mixture=((t, 6), np.float16), reverberant=((2, t), np.float16),
@@ -41,7 +49,8 @@ def test_record_keys_shapes_dtypes(setup):
                   room_dims=((3,), np.float32), rt60=((), np.float32), drr_db=((2,), np.float32),
                   tir_db=((), np.float32), snr_db=((), np.float32),
                   speaker_index=((2,), np.int32), speaker_sex=((2,), np.int32),
-                  f0_hz=((2,), np.float32), example_id=((), np.int64))
+                  f0_hz=((2,), np.float32), example_id=((), np.int64),
+                  room_index=((), np.int32))
   assert set(record) == set(expected)
   for key, (shape, dtype) in expected.items():
     assert np.shape(record[key]) == shape and np.asarray(record[key]).dtype == dtype, key
@@ -61,9 +70,9 @@ def test_record_keys_shapes_dtypes(setup):
 
 def test_deterministic_for_seed(setup):
   config, bank, utterances = setup
-  first = scenes.make_example(config, utterances, SPEAKERS, bank, scenes.scene_seed(4, "val", 3), 3)
-  second = scenes.make_example(config, utterances, SPEAKERS, bank, scenes.scene_seed(4, "val", 3), 3)
-  other = scenes.make_example(config, utterances, SPEAKERS, bank, scenes.scene_seed(4, "val", 4), 4)
+  first = example(setup, 4, "val", 3)
+  second = example(setup, 4, "val", 3)
+  other = example(setup, 4, "val", 4)
   for key in first:
     np.testing.assert_array_equal(first[key], second[key])
   assert not np.array_equal(first["mixture"], other["mixture"])
@@ -87,7 +96,7 @@ def test_noise_at_snr(setup, noise, tmp_path):
     noise = str(tmp_path)
   config.data.noise = noise
   try:
-    record = scenes.make_example(config, utterances, SPEAKERS, bank, scenes.scene_seed(0, "test", 1), 1)
+    record = example(setup, 0, "test", 1)
   finally:
     config.data.noise = "none"
   speech = record["mixture"][:, 2].astype(np.float32) - record["noise"].astype(np.float32)
@@ -102,6 +111,48 @@ def test_channel_not_in_bank(setup):
   config.data.reference_mic = "L_canal"
   try:
     with pytest.raises(ValueError, match="not in the array"):
-      scenes.make_example(config, utterances, SPEAKERS, bank, scenes.scene_seed(0, "train", 0), 0)
+      example(setup, 0, "train", 0)
   finally:
     config.data.reference_mic = "L_tmic"
+
+
+def test_split_rooms_partition():
+  partition = scenes.split_rooms(64, (0.75, 0.125, 0.125), seed=1)
+  assert [len(partition[s]) for s in scenes.SPLITS] == [48, 8, 8]
+  np.testing.assert_array_equal(np.sort(np.concatenate(list(partition.values()))), np.arange(64))
+  again = scenes.split_rooms(64, (0.75, 0.125, 0.125), seed=1)
+  assert all(np.array_equal(partition[s], again[s]) for s in scenes.SPLITS)
+  assert [len(v) for v in scenes.split_rooms(3, (0.75, 0.125, 0.125), 0).values()] == [1, 1, 1]
+  with pytest.raises(ValueError, match="at least 3.*share_rooms_across_splits=True"):
+    scenes.split_rooms(2, (0.75, 0.125, 0.125), 0)
+  with pytest.raises(ValueError, match="no training room"):
+    scenes.split_rooms(4, (0.1, 0.5, 0.5), 0)
+  with pytest.raises(ValueError, match="room_split"):
+    scenes.split_rooms(8, (1.0, 0.0, 0.0), 0)
+
+
+def test_no_room_or_response_in_two_splits(setup):
+  config, bank, _ = setup
+  # A response is identified by its samples (not by room_index), so this also holds if the
+  # record's room_index were wrong.
+  def responses(split, share):
+    config.data.share_rooms_across_splits = share
+    try:
+      records = [example(setup, 0, split, i) for i in range(12)]
+    finally:
+      config.data.share_rooms_across_splits = False
+    used = set()
+    for record in records:
+      room = int(record["room_index"])
+      assert np.isclose(bank.rt60[room], record["rt60"])
+      for azimuth in record["azimuth_deg"]:
+        a = int(np.flatnonzero(bank.azimuths_deg == azimuth)[0])
+        used.add((room, bank.reverberant[room, a].tobytes()))
+    return used
+  disjoint = {split: responses(split, False) for split in scenes.SPLITS}
+  for first, second in (("train", "val"), ("train", "test"), ("val", "test")):
+    assert not {r for r, _ in disjoint[first]} & {r for r, _ in disjoint[second]}
+    assert not {b for _, b in disjoint[first]} & {b for _, b in disjoint[second]}
+  shared = {split: {r for r, _ in responses(split, True)} for split in scenes.SPLITS}
+  assert len(set.union(*shared.values())) == bank.num_rooms  # the ablation draws from every room
+  assert shared["train"] & shared["test"]
