@@ -54,10 +54,6 @@ def get_base_config(variant: str = "") -> ml_collections.ConfigDict:
                                       # split (>= 1 room each): val/test rooms and their
                                       # source positions are never used in training
   data.share_rooms_across_splits = False  # True (ablation): every split draws from every room
-  data.room_split = (0.75, 0.125, 0.125)  # fractions of the bank's rooms per train/val/test
-                                      # split (>= 1 room each): val/test rooms and their
-                                      # source positions are never used in training
-  data.share_rooms_across_splits = False  # True (ablation): every split draws from every room
   data.num_examples = ml_collections.ConfigDict(dict(train=8000, val=256, test=200))
   data.examples_per_shard = 500
   data.store_images = False           # per-talker multichannel images (dynamic mixing)
