@@ -92,7 +92,13 @@ def _parse_flags(argv):
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    fail(f"{e}; run with --help for the flags")
+    text = str(e)
+    if "Traceback (most recent call last)" in text:
+      # A config file's get_config raised (e.g. an unknown :variant): its last line says why.
+      head = text.split(":", 2)[:2]
+      last = [line for line in text.splitlines() if line.strip()][-1].strip()
+      fail(f"{':'.join(head)}: {last}")
+    fail(f"{' '.join(text.split())}; run with --help for the flags")
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     # ml_collections raises these for an override of a field that does not exist or has
     # another type; one line instead of a traceback.
@@ -101,9 +107,62 @@ def _parse_flags(argv):
 
 
 def run(main):
-  """absl's app.run with one-line errors for bad flags and config overrides."""
+  """absl's app.run with one-line errors for bad flags, config overrides and every expected
+  error of the verb (`expected_error_message`); unexpected errors keep their traceback, and
+  SPATIALSEP_TRACEBACK=1 shows it for expected ones too."""
   from absl import app
-  app.run(main, flags_parser=_parse_flags)
+  app.run(_guarded(main), flags_parser=_parse_flags)
+
+
+def _guarded(main):
+  def guarded_main(argv):
+    try:
+      return main(argv)
+    except (SystemExit, KeyboardInterrupt):
+      raise
+    except Exception as e:  # noqa: BLE001  (sorted into expected / unexpected below)
+      message = expected_error_message(e)
+      if message is None or os.environ.get("SPATIALSEP_TRACEBACK"):
+        raise
+      fail(message)
+  return guarded_main
+
+
+def expected_error_message(error: BaseException) -> str | None:
+  """One line naming the problem and the fix for errors that mean bad input or a bad
+  environment (config, data, paths, a full disk, a locked workdir); None for the others."""
+  from spatialsep_jax import io_safety
+  text = " ".join(str(error).split())
+  if io_safety.is_disk_full(error):
+    return text if isinstance(error, io_safety.DiskFullError) else io_safety.disk_full_message(error)
+  if isinstance(error, io_safety.WorkdirLocked):
+    return text
+  if isinstance(error, OSError) and "Failed loading config file" in str(error):
+    return _config_load_message(error)
+  if isinstance(error, PermissionError):
+    where = error.filename or text
+    return f"permission denied: {where}; choose a folder you can write (--workdir / --out)"
+  if isinstance(error, (FileNotFoundError, NotADirectoryError, IsADirectoryError,
+                        FileExistsError)):
+    if error.filename and not text.startswith(str(error.filename)) and ":" in text[:20]:
+      return f"{text}; check the path"
+    return text
+  if isinstance(error, ValueError):
+    return text or f"bad value ({type(error).__name__})"
+  return None
+
+
+def _config_load_message(error: OSError) -> str:
+  detail = str(error)
+  path = next((line.strip() for line in detail.splitlines()
+               if line.strip().endswith(".py") and "Attempted" not in line), None)
+  if path and not os.path.exists(path) and not os.path.exists(os.path.join(ROOT, path)):
+    names = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "configs"))
+                   if f.endswith(".py") and not f.startswith("_") and f not in ("base.py",))
+    return (f"config file {path} does not exist; give --config=configs/<name>.py[:variant] "
+            f"with <name> one of {', '.join(names)}")
+  last = " ".join(detail.splitlines()[-1].split())
+  return f"cannot load --config ({last}); check the config file and its :variant"
 
 
 USER_ERRORS = (ValueError, FileNotFoundError)

@@ -1,11 +1,17 @@
-"""Training metrics to TensorBoard event files and a JSON-lines log.
+"""Training metrics to TensorBoard event files and a JSON-lines log that survives kills.
 
-TensorBoard's own event writer is used directly (it needs no TensorFlow, which
-the GPU hosts lack); every scalar also goes to ``metrics.jsonl`` so reports and
-tests can read runs without TensorBoard.
+TensorBoard's own event writer is used directly (it needs no TensorFlow, which the GPU hosts
+lack); every scalar also goes to ``metrics.jsonl`` so reports and tests can read runs without
+TensorBoard.
+
+``metrics.jsonl`` is written one row at a time with a flush and fsync per row
+(`io_safety.JsonlAppender`): a kill loses at most the row being written, and a torn last row
+is dropped with a warning when the log is opened again. A resumed run passes the step it
+restarts from (`resume_step`): rows after that step (written after the checkpoint it restores)
+are dropped, so the log holds every step exactly once; TensorBoard gets a SessionLog START at
+`resume_step + 1`, which makes it discard the orphaned events of those steps.
 """
 
-import json
 import os
 import time
 
@@ -13,31 +19,48 @@ import jax
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
+from spatialsep_jax import io_safety
+
+METRICS_FILE = "metrics.jsonl"
+
 
 class MetricWriter:
-  """Writes scalars from process 0 only; other processes get a no-op writer."""
+  """Writes scalars from process 0 only; other processes get a no-op writer.
 
-  def __init__(self, logdir: str):
+  resume_step: the step the run (re)starts from (0 for a fresh run). Rows with a larger step
+    are dropped from an existing log. None keeps every complete row (e.g. for a reader that
+    appends after the fact).
+  fsync: fsync each row (the default; a row per `log_every` steps costs little).
+  """
+
+  def __init__(self, logdir: str, resume_step: int | None = None, fsync: bool = True):
     self._active = jax.process_index() == 0
+    self.dropped = 0
     if not self._active:
       return
-    os.makedirs(logdir, exist_ok=True)
+    self.path = os.path.join(logdir, METRICS_FILE)
+    self._jsonl = io_safety.JsonlAppender(self.path, fsync=fsync)
+    if resume_step is not None:
+      self.dropped = self._jsonl.keep_only(lambda row: int(row.get("step", 0)) <= resume_step)
     self._events = EventFileWriter(logdir)
-    self._jsonl = open(os.path.join(logdir, "metrics.jsonl"), "a")
+    if resume_step:
+      self._events.add_event(event_pb2.Event(
+          step=int(resume_step) + 1, wall_time=time.time(),
+          session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
 
   def write_scalars(self, step: int, scalars: dict) -> None:
     if not self._active:
       return
     values = {k: float(v) for k, v in scalars.items()}
+    # The JSON row first: it is the record the reports read, flushed before anything else.
+    self._jsonl.append({"step": int(step), **values})
     summary = summary_pb2.Summary(
         value=[summary_pb2.Summary.Value(tag=k, simple_value=v) for k, v in values.items()])
     self._events.add_event(event_pb2.Event(step=int(step), wall_time=time.time(), summary=summary))
-    self._jsonl.write(json.dumps({"step": int(step), **values}) + "\n")
 
   def flush(self) -> None:
     if self._active:
       self._events.flush()
-      self._jsonl.flush()
 
   def close(self) -> None:
     if self._active:
@@ -46,9 +69,5 @@ class MetricWriter:
 
 
 def read_metrics(logdir: str) -> list[dict]:
-  """Reads back ``metrics.jsonl`` (one dict per write)."""
-  path = os.path.join(logdir, "metrics.jsonl")
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  """Reads back ``metrics.jsonl`` (one dict per write; a torn last line is ignored)."""
+  return io_safety.read_jsonl(os.path.join(logdir, METRICS_FILE))
