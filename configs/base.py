@@ -46,6 +46,9 @@ def get_base_config(variant: str = "") -> ml_collections.ConfigDict:
   data.azimuth_step_deg = 15.0        # talker azimuth grid over the full circle
   data.distance_range = (1.0, 2.0)
   data.tir_db_range = (-5.0, 5.0)     # target-to-interferer ratio
+  data.min_crop_level_db = -15.0      # crops quieter than this relative to the utterance's
+                                      # active level are never drawn (about 3% of the segment
+                                      # at active level: 0.12 s of 4 s); -inf: any non-zero crop
   data.noise = "none"                 # none | diffuse | a folder of noise files
   data.snr_db_range = (0.0, 15.0)
   data.rir_length_seconds = 1.0       # as the study: BRIRs truncated/padded to 1 s

@@ -16,10 +16,12 @@ from data_pipeline import render as render_lib
 from data_pipeline import shards
 
 SPLITS = ("train", "val", "test")
-# config.data fields that do not change the rendered shards.
-_READ_SIDE_FIELDS = ("input_channels", "target", "loader", "dynamic_mixing", "prefetch",
-                     "shards_dir", "cache_dir", "loader_workers", "host_audio_dtype",
-                     "device_prefetch")
+# config.data fields that say where files are or how fast batches come: they change neither
+# the rendered shards nor a trained model (the trainer's run identity leaves them out too).
+RESULT_NEUTRAL_FIELDS = ("loader", "prefetch", "shards_dir", "cache_dir", "loader_workers",
+                         "host_audio_dtype", "device_prefetch")
+# Fields that change what a model reads from the shards, not the shards themselves.
+_READ_SIDE_FIELDS = RESULT_NEUTRAL_FIELDS + ("input_channels", "target", "dynamic_mixing")
 DATASET_FORMAT_VERSION = 2  # 2: room-disjoint splits, room_index in the record
 
 log = logging.getLogger(__name__)
@@ -82,6 +84,10 @@ def render(config, directory: str | None = None, num_workers: int | None = None,
   from data_pipeline import scenes
 
   directory = directory or shards_dir(config)
+  if segment_samples(config) < 1:
+    raise ValueError(f"data.segment_seconds={config.data.segment_seconds} gives "
+                     f"{segment_samples(config)} samples per example at {config.data.sample_rate} "
+                     "Hz; set data.segment_seconds > 0")
   corpus = corpus_lib.build_corpus(config.data, cache_dir(config), seed=config.seed)
   if corpus.skipped:
     log.info("corpus files skipped: %s", dict(corpus.skipped))
@@ -118,6 +124,7 @@ def segment_samples(config) -> int:
   return int(round(config.data.segment_seconds * config.data.sample_rate))
 
 
+MAX_SCENE_DRAWS = 16
 # Per-process cache of (config, corpus, bank) so each render worker builds them once.
 _WORKER_CACHE: dict = {}
 
@@ -144,19 +151,32 @@ def _group_by_speaker(utterances):
 
 
 def _make_example(config_json: str, split: str, index: int) -> dict:
-  """Example `index` of `split`: two different speakers, one utterance each, one scene."""
+  """Example `index` of `split`: S different speakers, one utterance each, one scene.
+
+  A draw whose crop is too quiet (scenes.QuietCrop) is redrawn, speakers and utterances
+  included, from the same example generator (so the result stays deterministic).
+  """
   from data_pipeline import scenes
   config, corpus, bank, by_speaker = _scene_inputs(config_json)
   rng = scenes.scene_seed(config.seed, split, index)
   speakers = list(by_speaker[split])
-  chosen = rng.choice(len(speakers), size=config.data.num_sources, replace=False)
-  utterances, speaker_info = [], []
-  for choice in chosen:
-    speaker_id = speakers[int(choice)]
-    options = by_speaker[split][speaker_id]
-    utterance = options[int(rng.integers(len(options)))]
-    utterances.append(corpus.load(utterance))
-    speaker = corpus.speakers[corpus.speaker_index(speaker_id)]
-    speaker_info.append((corpus.speaker_index(speaker_id), int(speaker.sex), float(speaker.f0_hz)))
-  return scenes.make_example(config, tuple(utterances), tuple(speaker_info), bank, rng, index,
-                             split=split)
+  for _ in range(MAX_SCENE_DRAWS):
+    chosen = rng.choice(len(speakers), size=config.data.num_sources, replace=False)
+    utterances, speaker_info = [], []
+    for choice in chosen:
+      speaker_id = speakers[int(choice)]
+      options = by_speaker[split][speaker_id]
+      utterance = options[int(rng.integers(len(options)))]
+      utterances.append(corpus.load(utterance))
+      speaker = corpus.speakers[corpus.speaker_index(speaker_id)]
+      speaker_info.append((corpus.speaker_index(speaker_id), int(speaker.sex),
+                           float(speaker.f0_hz)))
+    try:
+      return scenes.make_example(config, tuple(utterances), tuple(speaker_info), bank, rng,
+                                 index, split=split)
+    except scenes.QuietCrop as error:
+      last = error
+  raise ValueError(f"example {index} of {split}: {MAX_SCENE_DRAWS} draws of utterances gave no "
+                   f"crop within {-float(config.data.min_crop_level_db):g} dB of the utterance's "
+                   f"active level (last: {last}); lower data.min_crop_level_db or use longer "
+                   "utterances")

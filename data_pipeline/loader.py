@@ -15,7 +15,8 @@ cover the global batch exactly.
 
 Dynamic mixing (train only, needs shards rendered with ``data.store_images``):
 see ``BatchAssembler._dynamic_mix``. Talker images of different mixtures are
-remixed at a random target-to-interferer ratio drawn from ``data.tir_db_range``.
+remixed at a random target-to-interferer ratio drawn from ``data.tir_db_range``; the talkers
+of one remix are always different speakers.
 Direct-path targets come from the stored ``direct`` field (each talker's
 direct path at the reference mic) scaled by the same gain, so both target kinds
 work; the talkers of one remix come from different rooms, whose metadata
@@ -259,12 +260,34 @@ class BatchAssembler:
       return slice(first, first + len(self.input_channels))
     return self.input_channels
 
+  @staticmethod
+  def _donors(speakers: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """[b, S] record of source s of slot i, from the batch's [b, S] speaker indices.
+
+    Slot i keeps its own talker 0; talker s > 0 comes from another mixture of the batch (one
+    not yet used by the slot) chosen at random among those whose talker s is a speaker not yet
+    in the slot. A slot with no such mixture keeps all its own talkers (distinct speakers, as
+    rendered), so no remix ever pairs a speaker with themself.
+    """
+    b, s = speakers.shape
+    donors = np.repeat(np.arange(b)[:, None], s, axis=1)
+    for i in range(b):
+      chosen, taken = [i], {int(speakers[i, 0])}
+      for source in range(1, s):
+        options = [j for j in range(b) if j not in chosen and int(speakers[j, source]) not in taken]
+        if not options:
+          break
+        chosen.append(int(rng.choice(options)))
+        taken.add(int(speakers[chosen[-1], source]))
+      else:
+        donors[i] = chosen
+    return donors
+
   def _dynamic_mix(self, records: list[dict[str, np.ndarray]], batch_number: int
                    ) -> dict[str, np.ndarray]:
-    """Remixes talker s of slot i from record (i + shift_s) % b of this process's batch.
+    """Remixes talker s of slot i from record donors[i, s] of this process's batch (`_donors`).
 
-    shift_0 = 0 and the other shifts are distinct, so every remix takes its talkers
-    from different mixtures. Source 0 keeps its level; source s > 0 is scaled to a
+    Source 0 keeps its level; source s > 0 is scaled to a
     target-to-interferer ratio drawn from data.tir_db_range at the reference mic. The
     noise of slot i (its mixture minus its talker images, at every mic) is kept.
     Sources, noise and mixture are recomputed so that, at the reference mic,
@@ -274,7 +297,7 @@ class BatchAssembler:
     s = self.manifest["num_sources"]
     ref = self.reference_channel
     rng = np.random.default_rng([self.seed, DYNAMIC_MIXING_STREAM, batch_number, self.process_index])
-    shifts = np.concatenate([[0], rng.choice(np.arange(1, b), s - 1, replace=False)])
+    donors = self._donors(np.stack([r["speaker_index"] for r in records]), rng)  # [b, S]
     tir_db = rng.uniform(*self.tir_db_range, size=(b, s - 1))
 
     images = np.stack([r["images"] for r in records]).astype(np.float32)  # [b, S, T, M]
@@ -282,7 +305,6 @@ class BatchAssembler:
     has_noise = np.isfinite(np.array([r["snr_db"] for r in records]))
     noise = np.where(has_noise[:, None, None], mixtures - images.sum(axis=1), 0.0)  # [b, T, M]
 
-    donors = (np.arange(b)[:, None] + shifts[None, :]) % b  # [b, S]: record of source s of slot i
     talker_images = images[donors, np.arange(s)[None, :]]  # [b, S, T, M]
     reference = talker_images[..., ref].copy()  # [b, S, T], before the gains
     power = np.mean(reference ** 2, axis=-1) + 1e-12  # [b, S]

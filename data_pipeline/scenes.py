@@ -3,7 +3,8 @@
 Recipe (the study's): a bank room of the example's split (rooms are partitioned between train, val
 and test unless data.share_rooms_across_splits) and distinct grid azimuths per talker; each
 utterance randomly
-cropped to the segment (shorter ones zero-padded at the start or the end at random); convolved with
+cropped to the segment among the crops at least data.min_crop_level_db loud relative to the
+utterance's active level (shorter ones zero-padded at the start or the end at random); convolved with
 its reverberant and direct-path responses; interferers scaled to the drawn target-to-interferer
 ratio (RMS of the reverberant images at the reference mic); optional noise at the drawn SNR; the
 mixture peak-normalised to 0.9 over all channels with the same gain applied to every stored signal.
@@ -24,6 +25,8 @@ PEAK_LEVEL = 0.9
 SPLITS = ("train", "val", "test")
 ROOM_SPLIT_STREAM = 104729  # separates the room partition's random stream from the bank's
 DIFFUSE_DIRECTIONS = 8
+ACTIVE_FRAME_SECONDS = 0.02
+ACTIVE_RANGE_DB = 40.0
 NOISE_EXTENSIONS = (".wav", ".flac", ".ogg")
 
 
@@ -89,6 +92,47 @@ def crop_or_pad(utterance: np.ndarray, num_samples: int, rng: np.random.Generato
     return utterance[start:start + num_samples]
   padding = num_samples - utterance.size
   return np.pad(utterance, (padding, 0) if rng.random() < 0.5 else (0, padding))
+
+
+class QuietCrop(ValueError):
+  """No crop of an utterance reaches data.min_crop_level_db; the caller draws other utterances."""
+
+
+def active_power(utterance: np.ndarray, sample_rate: int) -> float:
+  """Mean power of the 20-ms frames of [N] speech within ACTIVE_RANGE_DB of its loudest frame."""
+  utterance = np.asarray(utterance, np.float64)
+  frame = max(1, int(round(ACTIVE_FRAME_SECONDS * sample_rate)))
+  if utterance.size < frame:
+    return float(np.mean(np.square(utterance))) if utterance.size else 0.0
+  powers = np.mean(np.square(utterance[:utterance.size // frame * frame].reshape(-1, frame)), axis=1)
+  active = powers[powers >= powers.max() * 10 ** (-ACTIVE_RANGE_DB / 10)]
+  return float(np.mean(active))
+
+
+def crop_active(utterance: np.ndarray, num_samples: int, rng: np.random.Generator,
+                min_level_db: float, sample_rate: int, what: str = "utterance") -> np.ndarray:
+  """`crop_or_pad` drawn only among the crops [num_samples] whose mean power over the segment
+  (padding included) is at least `min_level_db` relative to `active_power(utterance)`: uniform
+  over those crop positions, so a near-silent crop is never scaled up to the requested TIR.
+  All-zero crops are refused at any threshold. Raises QuietCrop when no crop qualifies."""
+  utterance = np.asarray(utterance, np.float32)
+  if utterance.ndim != 1:
+    raise ValueError(f"utterances must be 1-D, got shape {utterance.shape}; mix down to mono first")
+  threshold = active_power(utterance, sample_rate) * 10 ** (float(min_level_db) / 10)
+  if utterance.size >= num_samples:
+    energy = np.concatenate([[0.0], np.cumsum(np.square(utterance, dtype=np.float64))])
+    window = energy[num_samples:] - energy[:-num_samples]                        # [N - T + 1]
+    starts = np.flatnonzero((window > 0) & (window >= threshold * num_samples))
+    if starts.size:
+      start = int(rng.choice(starts))
+      return utterance[start:start + num_samples]
+  else:
+    energy = float(np.sum(np.square(utterance, dtype=np.float64)))
+    if energy > 0 and energy >= threshold * num_samples:
+      return crop_or_pad(utterance, num_samples, rng)
+  raise QuietCrop(f"{what} ({utterance.size} samples) has no {num_samples}-sample crop within "
+                  f"{-float(min_level_db):g} dB of its active level (data.min_crop_level_db); "
+                  "draw another utterance, lower the threshold or drop short/silent files")
 
 
 def _rms(x: np.ndarray) -> float:
@@ -167,6 +211,9 @@ def make_example(config, utterances, speakers, bank: RirBank, rng: np.random.Gen
                        f"{', '.join(bank.channel_names)} in data.input_channels/reference_mic")
   reference = channel_indices(data.reference_mic)[0]
   num_samples = int(round(data.segment_seconds * data.sample_rate))
+  if num_samples < 1:
+    raise ValueError(f"data.segment_seconds={data.segment_seconds} gives {num_samples} samples at "
+                     f"{data.sample_rate} Hz; set data.segment_seconds > 0")
 
   candidates = rooms_of_split(config, bank, split)
   rooms_with_enough = candidates[bank.available[candidates].sum(axis=1) >= num_sources]
@@ -176,10 +223,9 @@ def make_example(config, utterances, speakers, bank: RirBank, rng: np.random.Gen
   room = int(rng.choice(rooms_with_enough))
   azimuth_indices = rng.choice(np.flatnonzero(bank.available[room]), num_sources, replace=False)
 
-  dry = np.stack([crop_or_pad(u, num_samples, rng) for u in utterances])        # [S, T]
-  for index, utterance in enumerate(dry):
-    if not np.any(utterance):
-      raise ValueError(f"utterance {index} is silent in its segment; drop silent files")
+  dry = np.stack([crop_active(u, num_samples, rng, data.min_crop_level_db, int(data.sample_rate),
+                              what=f"utterance {index}")
+                  for index, u in enumerate(utterances)])                          # [S, T]
   reverberant_rirs = np.asarray(bank.reverberant[room, azimuth_indices], np.float32)  # [S, L, M]
   direct_rirs = np.asarray(bank.direct[room, azimuth_indices, :, reference], np.float32)
   convolved = _convolve(dry, np.concatenate([reverberant_rirs, direct_rirs[:, :, None]], axis=2),

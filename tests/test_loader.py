@@ -238,3 +238,32 @@ def test_half_to_host_is_numpy_cast_for_every_float16(byteorder):
   half = np.empty(4, np.float16)
   loader.half_to_host(half, finite[:4])  # same dtype: a plain copy
   np.testing.assert_array_equal(half, finite[:4])
+
+
+def few_speakers_example(split, index):
+  """fake_example whose two talkers are distinct speakers out of only 3, so that mixtures of a
+  batch share speakers often."""
+  record = fake_example(split, index, store_images=True)
+  record["speaker_index"] = np.array([index % 3, (index + 1) % 3], np.int32)
+  return record
+
+
+def test_dynamic_mixing_never_pairs_a_speaker_with_themself(tmp_path):
+  render.render_dataset(str(tmp_path), {"train": 12}, 12, few_speakers_example,
+                        manifest_extra(store_images=True), "h", num_workers=0, progress=False)
+  config = make_config(loader="grain", dynamic_mixing=True, input_channels=CHANNELS)
+  batches = take(loader.make_loader(config, str(tmp_path), "train", train=True, batch_size=6,
+                                    process_index=0, process_count=1), 8)
+  remixed = 0
+  for k, batch in enumerate(batches):
+    ids = loader.batch_example_indices(k, 12, 6, train=True, seed=config.seed)
+    own = np.stack([few_speakers_example("train", int(i))["speaker_index"] for i in ids])
+    assert np.all(batch["speaker_index"][:, 0] != batch["speaker_index"][:, 1])
+    np.testing.assert_array_equal(batch["speaker_index"][:, 0], own[:, 0])  # talker 0 stays
+    # talker 1 of another mixture: its reverberant source differs from the slot's own
+    for i, example_id in enumerate(ids):
+      record = few_speakers_example("train", int(example_id))
+      remixed += not np.allclose(batch["sources"][i, 1] / max(np.abs(batch["sources"][i, 1]).max(), 1e-9),
+                                 record["reverberant"][1].astype(np.float32)
+                                 / np.abs(record["reverberant"][1].astype(np.float32)).max(), atol=1e-3)
+  assert remixed > len(batches) * 6 // 2  # most slots do get another mixture's talker

@@ -96,3 +96,16 @@ def test_smoke_render_keeps_rooms_disjoint(smoke_dataset):
     np.testing.assert_allclose(bank.rt60[meta["room_index"]], meta["rt60"])
   assert not used["train"] & used["val"] and not used["train"] & used["test"]
   assert not used["val"] & used["test"]
+
+
+def test_quiet_crops_are_redrawn_then_refused(smoke_dataset):
+  from configs import ild_ipd
+  from data_pipeline import dataset
+  _, cache_dir = smoke_dataset
+  config = ild_ipd.get_config("smoke")
+  config.data.cache_dir = cache_dir
+  record = dataset._make_example(config.to_json(), "val", 2)  # the corpus and bank are cached
+  assert record["example_id"] == 2
+  config.data.min_crop_level_db = 30.0  # louder than any crop can be
+  with pytest.raises(ValueError, match="16 draws.*min_crop_level_db"):
+    dataset._make_example(config.to_json(), "val", 2)

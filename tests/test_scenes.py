@@ -156,3 +156,43 @@ def test_no_room_or_response_in_two_splits(setup):
   shared = {split: {r for r, _ in responses(split, True)} for split in scenes.SPLITS}
   assert len(set.union(*shared.values())) == bank.num_rooms  # the ablation draws from every room
   assert shared["train"] & shared["test"]
+
+
+def test_crop_active_draws_only_crops_above_the_threshold():
+  rate, segment = 8000, 8000
+  rng = np.random.default_rng(0)
+  utterance = 1e-4 * rng.standard_normal(3 * rate)                  # a -80 dBFS floor
+  utterance[12000:14000] += 0.3 * rng.standard_normal(2000)         # 0.25 s of "speech"
+  utterance = utterance.astype(np.float32)
+  # Reference by brute force: the level of every crop position against the burst's power.
+  powers = np.array([np.mean(utterance[start:start + segment].astype(np.float64) ** 2)
+                     for start in range(utterance.size - segment + 1)])
+  allowed = set(np.flatnonzero(10 * np.log10(powers / np.mean(utterance[12000:14000] ** 2.0)) >= -15))
+  starts = set()
+  for _ in range(200):
+    crop = scenes.crop_active(utterance, segment, rng, -15.0, rate)
+    start = int(np.flatnonzero(utterance == crop[0])[0])            # the floor is unique noise
+    np.testing.assert_array_equal(crop, utterance[start:start + segment])
+    assert start in allowed
+    starts.add(start)
+  assert len(starts) > 100 and min(starts) < 6000 and max(starts) > 12000  # spread over them
+  short = 0.3 * rng.standard_normal(400).astype(np.float32)          # -13 dB of the segment
+  assert scenes.crop_active(short, segment, rng, -15.0, rate).shape == (segment,)
+  with pytest.raises(scenes.QuietCrop, match="min_crop_level_db"):
+    scenes.crop_active(short, segment, rng, -10.0, rate)
+  with pytest.raises(scenes.QuietCrop):
+    scenes.crop_active(np.zeros(9000, np.float32), segment, rng, -np.inf, rate)
+
+
+def test_quiet_utterance_is_refused_not_amplified(setup):
+  config, bank, utterances = setup
+  tiny = np.zeros(8000, np.float32)
+  tiny[:40] = 0.5                                                    # 5 ms in a 1-s segment
+  with pytest.raises(scenes.QuietCrop, match="utterance 1"):
+    example(setup, 0, "train", 0, utterances=(utterances[0], tiny))
+  config.data.segment_seconds = 0.0
+  try:
+    with pytest.raises(ValueError, match="segment_seconds"):
+      example(setup, 0, "train", 0)
+  finally:
+    config.data.segment_seconds = 1.0
