@@ -18,9 +18,6 @@ microphone and a T-mic at the ear-canal entrance.
 
 import ml_collections
 
-# Kept here (and mirrored in data_pipeline.array) so configs import nothing heavy.
-CHANNEL_NAMES = ("L_front", "L_back", "L_tmic", "R_front", "R_back", "R_tmic")
-
 
 def get_base_config(variant: str = "") -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
@@ -34,9 +31,11 @@ def get_base_config(variant: str = "") -> ml_collections.ConfigDict:
   data.sample_rate = 8000
   data.segment_seconds = 4.0
   data.num_sources = 2
-  data.array = "ci_bilateral"         # 6 channels, see CHANNEL_NAMES
+  data.array = "ci_bilateral"         # 6 channels, data_pipeline.array.CHANNEL_NAMES
   data.input_channels = ("L_tmic",)   # what the model sees, in this order
   data.reference_mic = "L_tmic"       # where training targets are taken
+  data.target_mics = ()               # mics with stored targets (batch targets_* [B, S, T, M_t]);
+                                      # () = (reference_mic,); e.g. ("L_tmic", "R_tmic") per ear
   data.target = "direct"              # direct (anechoic head-filtered) | reverberant
   data.scene = "simulated"            # simulated (pyroomacoustics) | measured
   data.measured_dir = ""              # BRIR folder or .sofa file when scene=measured
@@ -97,14 +96,19 @@ def get_base_config(variant: str = "") -> ml_collections.ConfigDict:
   model.dtype = "float32"             # float32 | bfloat16 (params and loss stay float32)
   model.depthwise_impl = "slices"     # slices | xla | slices_vjp (hand-written backward)
   model.norm_impl = "autodiff"        # autodiff | fused (one-pass statistics, hand-written VJP) | fused_partials
+  model.uconv_impl = "xla"            # xla | pallas (each depthwise level, conv + GLN, one fused Pallas function)
   model.remat = "none"                # none | block | dots (recompute U-ConvBlocks in backward)
   model.remat_blocks = -1             # remat only the first N blocks (-1: all; N needs unrolled blocks)
   model.scan_blocks = False           # True: nn.scan over the blocks (stacked params, faster compile)
 
   # ---------------------------------------------------------------- loss
+  # A weighted set of named terms (spatialsep_jax/loss_terms.py); each entry's key is its
+  # label, `term` the registered function (default: the label), every other field a setting.
   loss = config.loss = ml_collections.ConfigDict()
-  loss.name = "neg_sisdr"             # neg_sisdr | neg_snr
-  loss.clamp_db = 30.0                # the study clamps the loss to [-30, 30]
+  loss.terms = ml_collections.ConfigDict({
+      # The study: permutation-invariant negative SI-SDR, clamped to [-30, 30] dB.
+      "pit": {"term": "pit_sisdr", "weight": 1.0, "clamp_db": 30.0},
+  })
 
   # ---------------------------------------------------------------- optimiser
   optim = config.optim = ml_collections.ConfigDict()
@@ -124,10 +128,16 @@ def get_base_config(variant: str = "") -> ml_collections.ConfigDict:
   train.keep_best = 3
   train.early_stopping_patience = 0   # evaluations without improvement; 0 = off
   train.max_consecutive_nonfinite = 10
+  train.schedule_steps = 0            # > 0: the decay rule's horizon instead of num_steps, so a
+                                      # run can be extended without moving its LR boundaries
 
   # ---------------------------------------------------------------- evaluation
   ev = config.eval = ml_collections.ConfigDict()
   ev.split = "test"
+  ev.task = "separation"              # separation (PIT-aligned) | enhancement (output k vs target k)
+  ev.targets = "sources"              # enhancement: the batch key of the targets [B, K, T]
+  ev.baseline = "mixture_reference"   # enhancement: the unprocessed signal of the improvements
+  ev.oracles = ("ibm", "irm")         # oracle masks scored beside the model (upper bounds)
   ev.batch_size = 8
   ev.max_examples = 0                 # 0 = the whole split
   ev.metrics = ("sisdr", "sdr", "stoi", "pesq")

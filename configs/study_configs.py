@@ -14,7 +14,7 @@ Example: `--config=configs/ipd.py:uni,smoke`.
 
 from configs import base
 
-# Microphone sets the study compares (channel names from base.CHANNEL_NAMES).
+# Microphone sets the study compares (names from data_pipeline.array.CHANNEL_NAMES).
 MIC_SETS = {
     "mono": ("L_tmic",),
     "uni": ("L_back", "L_tmic"),       # one CI: back mic + T-mic (the authors' unilateral pair)

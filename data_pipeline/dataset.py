@@ -22,13 +22,14 @@ RESULT_NEUTRAL_FIELDS = ("loader", "prefetch", "shards_dir", "cache_dir", "loade
                          "host_audio_dtype", "device_prefetch")
 # Fields that change what a model reads from the shards, not the shards themselves.
 _READ_SIDE_FIELDS = RESULT_NEUTRAL_FIELDS + ("input_channels", "target", "dynamic_mixing")
-DATASET_FORMAT_VERSION = 2  # 2: room-disjoint splits, room_index in the record
+DATASET_FORMAT_VERSION = 2  # = shards.RECORD_VERSION: room-disjoint splits, target mics
 
 log = logging.getLogger(__name__)
 
 
 def dataset_fingerprint(config) -> str:
   data = {k: v for k, v in config.data.to_dict().items() if k not in _READ_SIDE_FIELDS}
+  data["target_mics"] = list(array_lib.target_mics(config.data))  # () and (reference,) alike
   fields = {"data": data, "seed": int(config.seed), "version": DATASET_FORMAT_VERSION}
   return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -103,6 +104,7 @@ def render(config, directory: str | None = None, num_workers: int | None = None,
       segment_samples=segment_samples(config),
       channel_names=list(array_lib.CHANNEL_NAMES),
       reference_mic=config.data.reference_mic,
+      target_mics=list(array_lib.target_mics(config.data)),
       num_sources=int(config.data.num_sources),
       speakers=speakers,
       store_images=bool(config.data.store_images),

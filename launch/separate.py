@@ -22,7 +22,7 @@ def load_input(path: str, config):
   """[T, C_in] float32 at the model's rate, and the file's own rate."""
   import numpy as np
   import soundfile
-  from configs.base import CHANNEL_NAMES
+  from data_pipeline.array import CHANNEL_NAMES
   from spatialsep_jax import inference
   try:
     audio, rate = soundfile.read(path, dtype="float32", always_2d=True)

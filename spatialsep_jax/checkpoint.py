@@ -45,6 +45,12 @@ class Checkpointer:
             meta=ocp.args.JsonSave({"val_loss": float(val_loss), **extra})),
         metrics={"val_loss": float(val_loss)})
 
+  def latest_meta(self) -> dict:
+    """The metadata saved with the latest checkpoint (identity, schedule, best so far)."""
+    step = self.latest.latest_step()
+    return dict(self.latest.restore(step, args=ocp.args.Composite(
+        meta=ocp.args.JsonRestore()))["meta"])
+
   def restore_latest(self, abstract_state):
     """Returns (state, meta) of the latest checkpoint, shardings as in abstract_state."""
     return _restore(self.latest, self.latest.latest_step(), abstract_state)

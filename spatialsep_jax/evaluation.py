@@ -19,6 +19,9 @@ from tqdm.auto import tqdm
 
 from spatialsep_jax import checkpoint as checkpoint_lib
 from spatialsep_jax import metrics as metrics_lib
+from spatialsep_jax import models
+from spatialsep_jax import oracles as oracles_lib
+from spatialsep_jax import tasks
 from spatialsep_jax import train as train_lib
 
 # Breakdowns of the study (bins are [lo, hi) except the last, which is closed).
@@ -34,13 +37,22 @@ SUMMARY_METRICS = ("sisdr_improvement", "sdr_improvement", "stoi_improvement", "
 
 
 def make_separate_fn(config, model):
-  """jitted (params, mixture [B, T, C]) -> estimates [B, S + extra, T] float32."""
-  return jax.jit(lambda params, mixture: model.apply(
-      {"params": params}, mixture.astype(jnp.float32)).astype(jnp.float32))
+  """jitted (variables, mixture [B, T, C]) -> estimates [B, S', T] float32; `variables` is
+  {"params": ..., other collections} or a bare params tree."""
+  if not isinstance(model, models.Model):
+    model = models.Model(model, len(config.data.input_channels))
+
+  def separate(variables, mixture):
+    if "params" not in variables:
+      variables = {"params": variables}
+    return model.estimates(variables, mixture)
+
+  return jax.jit(separate)
 
 
 def load_trained(config, workdir: str, which: str = "best"):
-  """(programs, params, step) of a trained run; errors name the fix."""
+  """(programs, variables {"params", model collections}, step) of a trained run; errors
+  name the fix."""
   programs = train_lib.build_programs(config)
   abstract = jax.eval_shape(programs.init, jax.random.key(config.seed))
   try:
@@ -48,34 +60,47 @@ def load_trained(config, workdir: str, which: str = "best"):
   except (ValueError, KeyError) as e:
     raise ValueError(f"the checkpoint in {workdir} does not match this config ({e}); pass the "
                      "--config the run was trained with") from None
+  if meta.get("checkpoint_format", 1) != train_lib.CHECKPOINT_FORMAT:
+    raise ValueError(f"the checkpoint in {workdir} has format {meta.get('checkpoint_format', 1)}"
+                     f" (this version reads {train_lib.CHECKPOINT_FORMAT}); evaluate it with the "
+                     "commit that wrote it, or retrain")
   saved = meta.get("config_fingerprint")
   if saved and saved != train_lib.config_fingerprint(config):
     raise ValueError(f"the checkpoint in {workdir} was trained with another configuration; pass "
                      f"the --config of that run (see {workdir}/config.json)")
-  return programs, state.params, step
+  return programs, {"params": state.params, **state.model_state}, step
+
+
+def _per_source(batch: dict, key: str, i: int, cast=float) -> dict:
+  if key not in batch:
+    return {}
+  values = np.atleast_1d(batch[key][i])
+  return {f"{key}_{k}": cast(v) for k, v in enumerate(values)}
 
 
 def _scene_columns(batch: dict, i: int) -> dict:
-  az = batch["azimuth_deg"][i]
-  sex = batch["speaker_sex"][i]
-  f0 = batch["f0_hz"][i]
-  lateral = np.degrees(np.arcsin(np.sin(np.radians(az))))
-  with np.errstate(invalid="ignore", divide="ignore"):
-    f0_distance = float(abs(12 * np.log2(f0[0] / f0[1]))) if np.all(f0 > 0) else math.nan
-  separation = float(batch["separation_deg"][i])
-  return {
-      "example_id": int(batch["example_id"][i]),
-      "azimuth_0": float(az[0]), "azimuth_1": float(az[1]),
-      "separation_deg": separation,
-      # Mirror images about the interaural axis share ITD/ILD: the cone of confusion.
-      "front_back_confusable": bool(abs(lateral[0] - lateral[1]) <= 15.0 and separation > 15.0),
-      "rt60": float(batch["rt60"][i]), "tir_db": float(batch["tir_db"][i]),
-      "snr_db": float(batch["snr_db"][i]),
-      "drr_db_0": float(batch["drr_db"][i][0]), "drr_db_1": float(batch["drr_db"][i][1]),
-      "speaker_0": int(batch["speaker_index"][i][0]),
-      "speaker_1": int(batch["speaker_index"][i][1]),
-      "sex_pair": _sex_pair(sex), "f0_distance_semitones": f0_distance,
-  }
+  """Scene metadata of example i: scalars as they are, per-source arrays as `<key>_<k>`."""
+  columns = {"example_id": int(batch["example_id"][i])}
+  for key in ("separation_deg", "rt60", "tir_db", "snr_db", "room_index"):
+    if key in batch:
+      columns[key] = float(batch[key][i])
+  for key in ("azimuth_deg", "drr_db", "f0_hz"):
+    columns.update(_per_source(batch, key, i))
+  columns.update(_per_source(batch, "speaker_index", i, int))
+  if "azimuth_deg" in batch and np.size(batch["azimuth_deg"][i]) >= 2 and "separation_deg" in batch:
+    az = np.asarray(batch["azimuth_deg"][i], float)
+    lateral = np.degrees(np.arcsin(np.sin(np.radians(az[:2]))))
+    # Mirror images about the interaural axis share ITD/ILD: the cone of confusion.
+    columns["front_back_confusable"] = bool(abs(lateral[0] - lateral[1]) <= 15.0
+                                            and columns["separation_deg"] > 15.0)
+  if "speaker_sex" in batch and np.size(batch["speaker_sex"][i]) >= 2:
+    columns["sex_pair"] = _sex_pair(batch["speaker_sex"][i])
+  if "f0_hz" in batch and np.size(batch["f0_hz"][i]) >= 2:
+    f0 = np.asarray(batch["f0_hz"][i], float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+      columns["f0_distance_semitones"] = (float(abs(12 * np.log2(f0[0] / f0[1])))
+                                          if np.all(f0[:2] > 0) else math.nan)
+  return columns
 
 
 def _sex_pair(sex) -> str:
@@ -85,9 +110,17 @@ def _sex_pair(sex) -> str:
 
 
 def _metric_columns(result: dict) -> dict:
-  """Per-mixture values: the mean over sources of each metric."""
-  return {k: float(np.nanmean(v)) if np.any(np.isfinite(v)) else math.nan
-          for k, v in result.items() if k != "perm"}
+  """Per-mixture values: the mean over references of each metric, and each reference's
+  value as `<metric>_s<k>`."""
+  columns = {}
+  for key, values in result.items():
+    if key == "perm":
+      continue
+    values = np.atleast_1d(np.asarray(values, float))
+    columns[key] = float(np.nanmean(values)) if np.any(np.isfinite(values)) else math.nan
+    if len(values) > 1:
+      columns.update({f"{key}_s{k}": float(v) for k, v in enumerate(values)})
+  return columns
 
 
 def read_rows(path: str) -> list[dict]:
@@ -108,9 +141,19 @@ def _parse(value: str):
     return value
 
 
+def _open_rows(path: str, fieldnames: list):
+  new_file = not os.path.exists(path) or os.path.getsize(path) == 0
+  handle = open(path, "a", newline="")
+  writer = csv.DictWriter(handle, fieldnames=fieldnames)
+  if new_file:
+    writer.writeheader()
+  return handle, writer
+
+
 def run_evaluation(config, workdir: str, *, which: str = "best", split: str | None = None,
                    shards_dir: str | None = None, progress: bool = True) -> dict:
-  """Evaluates a trained run on `split`; returns the summary (also written to disk)."""
+  """Evaluates a trained run on `split` (the task of `config.eval.task`), with the oracle
+  masks of `config.eval.oracles` scored beside it; returns the summary (also on disk)."""
   from data_pipeline import dataset
   from data_pipeline import loader as loader_lib
 
@@ -118,12 +161,18 @@ def run_evaluation(config, workdir: str, *, which: str = "best", split: str | No
   shards_dir = shards_dir or dataset.shards_dir(config)
   manifest = dataset.read_manifest(shards_dir)
   loader_lib.check_manifest(config, manifest)
-  programs, params, step = load_trained(config, workdir, which)
+  if split not in manifest["counts"]:
+    raise ValueError(f"no split {split!r} in {shards_dir}; use one of {sorted(manifest['counts'])}")
+  task = tasks.get(config.eval.task)
+  programs, variables, step = load_trained(config, workdir, which)
   separate = make_separate_fn(config, programs.model)
   out_dir = os.path.join(workdir, "eval", f"{split}-{which}-step{step}")
   os.makedirs(out_dir, exist_ok=True)
-  rows_path = os.path.join(out_dir, "rows.csv")
-  done = {int(r["example_id"]) for r in read_rows(rows_path)}
+  systems = ["model"] + [f"oracle_{name}" for name in config.eval.get("oracles", ())]
+  rows_paths = {name: os.path.join(out_dir, "rows.csv" if name == "model" else f"rows_{name}.csv")
+                for name in systems}
+  done = {name: {int(r["example_id"]) for r in read_rows(path)}
+          for name, path in rows_paths.items()}
   total = manifest["counts"][split]
   if config.eval.max_examples:
     total = min(total, config.eval.max_examples)
@@ -131,11 +180,13 @@ def run_evaluation(config, workdir: str, *, which: str = "best", split: str | No
   vocoder = {} if config.eval.vocoder else None
   num_workers = config.eval.num_workers or os.cpu_count() or 1
   worker = functools.partial(metrics_lib.evaluate_example, rate=rate,
-                             metrics=tuple(config.eval.metrics), vocoder_config=vocoder)
+                             metrics=tuple(config.eval.metrics), vocoder_config=vocoder,
+                             align=task.align)
   pool = metrics_lib.single_threaded_pool(num_workers) if num_workers > 1 else None
   saved_examples = 0
-  bar = tqdm(total=total, initial=len(done), desc=f"evaluating {split}", disable=not progress)
-  writer, handle = None, None
+  already = min(len(d) for d in done.values())
+  bar = tqdm(total=total, initial=already, desc=f"evaluating {split}", disable=not progress)
+  handles, writers = {}, {}
   try:
     loader = loader_lib.make_loader(config, shards_dir, split, train=False,
                                     batch_size=config.eval.batch_size, process_index=0,
@@ -144,29 +195,33 @@ def run_evaluation(config, workdir: str, *, which: str = "best", split: str | No
     for batch in loader:
       n = min(len(batch["mixture"]), total - seen)
       seen += n
-      todo = [i for i in range(n) if int(batch["example_id"][i]) not in done]
-      if todo:
-        estimates = np.asarray(separate(params, jnp.asarray(batch["mixture"])))
-        # data.host_audio_dtype may hand float16 over; metrics and wavs work in float32.
-        work = [(estimates[i], batch["sources"][i].astype(np.float32),
-                 batch["mixture_reference"][i].astype(np.float32)) for i in todo]
-        results = (pool.starmap(worker, work) if pool else [worker(*w) for w in work])
-        for i, result in zip(todo, results):
+      todo = {name: [i for i in range(n) if int(batch["example_id"][i]) not in done[name]]
+              for name in systems}
+      if any(todo.values()):
+        estimates = np.asarray(separate(variables, jnp.asarray(batch["mixture"])))
+      for name in systems:
+        work = []
+        for i in todo[name]:
+          est, ref, baseline = task.example(estimates[i], batch, i, config)
+          if name != "model":
+            mixture_1d = baseline if baseline.ndim == 1 else baseline[0]
+            est = oracles_lib.oracle_estimates(mixture_1d, ref, name[len("oracle_"):])
+          work.append((est, ref, baseline))
+        results = (pool.starmap(worker, work) if pool and work else [worker(*w) for w in work])
+        for i, result in zip(todo[name], results):
           row = {"split": split, **_scene_columns(batch, i), **_metric_columns(result)}
-          if writer is None:
-            new_file = not os.path.exists(rows_path) or os.path.getsize(rows_path) == 0
-            handle = open(rows_path, "a", newline="")
-            writer = csv.DictWriter(handle, fieldnames=list(row))
-            if new_file:
-              writer.writeheader()
-          writer.writerow(row)
-          handle.flush()
-          os.fsync(handle.fileno())
-          bar.update(1)
-          if saved_examples < config.eval.save_examples:
-            _save_example_wavs(out_dir, row["example_id"], batch["mixture"][i],
-                               batch["sources"][i], estimates[i][result["perm"]], rate)
-            saved_examples += 1
+          if name not in writers:
+            handles[name], writers[name] = _open_rows(rows_paths[name], list(row))
+          writers[name].writerow(row)
+          handles[name].flush()
+          os.fsync(handles[name].fileno())
+          if name == "model":
+            bar.update(1)
+            if saved_examples < config.eval.save_examples:
+              est, ref, _ = task.example(estimates[i], batch, i, config)
+              _save_example_wavs(out_dir, row["example_id"], batch["mixture"][i], ref,
+                                 est[result["perm"]], rate)
+              saved_examples += 1
       if seen >= total:
         break
   finally:
@@ -174,11 +229,13 @@ def run_evaluation(config, workdir: str, *, which: str = "best", split: str | No
     if pool:
       pool.close()
       pool.join()
-    if handle:
+    for handle in handles.values():
       handle.close()
-  summary = summarize_rows(read_rows(rows_path))
+  summary = summarize_rows(read_rows(rows_paths["model"]))
+  summary["oracles"] = {name: summarize_rows(read_rows(rows_paths[name]))["overall"]
+                        for name in systems if name != "model"}
   summary.update(split=split, checkpoint=which, step=int(step), workdir=workdir,
-                 config=config.name)
+                 config=config.name, task=task.name)
   with open(os.path.join(out_dir, "summary.json"), "w") as f:
     json.dump(summary, f, indent=1)
   with open(os.path.join(out_dir, "summary.md"), "w") as f:
@@ -219,18 +276,25 @@ def summarize_rows(rows: list[dict]) -> dict:
   def stats(subset):
     return {m: mean_ci([r[m] for r in subset]) for m in metrics} if subset else {}
 
-  groups = {
-      "separation": binned(rows, "separation_deg", SEPARATION_BINS),
-      "front_back": {"cone of confusion": [r for r in rows if r["front_back_confusable"]],
-                     "distinct lateral angles": [r for r in rows
-                                                 if not r["front_back_confusable"]]},
-      "sex_pair": {p: [r for r in rows if r["sex_pair"] == p]
-                   for p in ("female-male", "same-sex", "unknown")},
-      "f0_distance": binned([r for r in rows if np.isfinite(r["f0_distance_semitones"])],
-                             "f0_distance_semitones", F0_BINS),
-      "rt60": binned(rows, "rt60", RT60_BINS),
-      "tir": binned(rows, "tir_db", TIR_BINS),
-  }
+  has = lambda key: bool(rows) and key in rows[0]
+  groups = {}
+  if has("separation_deg"):
+    groups["separation"] = binned(rows, "separation_deg", SEPARATION_BINS)
+  if has("front_back_confusable"):
+    groups["front_back"] = {
+        "cone of confusion": [r for r in rows if r["front_back_confusable"]],
+        "distinct lateral angles": [r for r in rows if not r["front_back_confusable"]]}
+  if has("sex_pair"):
+    groups["sex_pair"] = {p: [r for r in rows if r["sex_pair"] == p]
+                          for p in ("female-male", "same-sex", "unknown")}
+  if has("f0_distance_semitones"):
+    groups["f0_distance"] = binned(
+        [r for r in rows if np.isfinite(r["f0_distance_semitones"])], "f0_distance_semitones",
+        F0_BINS)
+  if has("rt60"):
+    groups["rt60"] = binned(rows, "rt60", RT60_BINS)
+  if has("tir_db"):
+    groups["tir"] = binned(rows, "tir_db", TIR_BINS)
   return {"num_examples": len(rows), "overall": stats(rows),
           "breakdowns": {g: {name: stats(subset) for name, subset in bins.items() if subset}
                          for g, bins in groups.items()}}
@@ -253,6 +317,11 @@ def summary_markdown(summary: dict) -> str:
            "over the unprocessed mixture at the reference microphone.\n", header]
   lines.append(f"| all | {summary['num_examples']} | "
                + " | ".join(cell(summary["overall"].get(m)) for m in shown) + " |")
+  for name, overall in summary.get("oracles", {}).items():
+    n = next(iter(overall.values()))["n"] if overall else 0
+    label = {"oracle_ibm": "oracle: ideal binary mask", "oracle_irm": "oracle: ideal ratio mask"}
+    lines.append(f"| {label.get(name, name)} (upper bound) | {n} | "
+                 + " | ".join(cell(overall.get(m)) for m in shown) + " |")
   for group, bins in summary["breakdowns"].items():
     for name, stats in bins.items():
       n = next(iter(stats.values()))["n"] if stats else 0

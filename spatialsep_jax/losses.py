@@ -17,6 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from spatialsep_jax import sdr
+
 # Exhaustive PIT enumerates N!/(N-M)! pairings; with up to 4 outputs that is at most 24.
 MAX_EXHAUSTIVE_OUTPUTS = 4
 LOSS_NAMES = ("neg_sisdr", "neg_snr")
@@ -32,44 +34,30 @@ def _check_pair(est, ref):
         "crop or pad one of them")
 
 
-def _zero_mean(x):
-  return x - jnp.mean(x, axis=-1, keepdims=True)
-
-
 @functools.partial(jax.jit, static_argnames=("eps",))
-def pairwise_neg_sisdr(est, ref, eps=1e-8):
+def pairwise_neg_sisdr(est, ref, eps=sdr.EPS):
   """Negative zero-mean scale-invariant SDR of every estimate against every reference.
 
-  With zero-mean e (estimate) and r (reference):
-    alpha = <e, r> / (||r||^2 + eps),
-    SI-SDR = 10 log10((||alpha r||^2 + eps) / (||e - alpha r||^2 + eps)).
+  The formula and where eps sits are in `spatialsep_jax.sdr` (silence scores far below
+  -60 dB, not 0 dB).
 
   Args:
     est: `[B, N, T]` estimates (any float dtype; cast to float32).
     ref: `[B, M, T]` references.
-    eps: regulariser of the projection and of both energies (keeps silence finite).
   Returns:
     `[B, N, M]` float32 negative SI-SDR in dB (lower is better).
   """
   _check_pair(est, ref)
-  est = _zero_mean(est.astype(jnp.float32))
-  ref = _zero_mean(ref.astype(jnp.float32))
-  dot = jnp.einsum("bnt,bmt->bnm", est, ref)
-  ref_energy = jnp.sum(ref**2, axis=-1)[:, None, :]
-  alpha = dot / (ref_energy + eps)
-  target = alpha[..., None] * ref[:, None, :, :]
-  residual = est[:, :, None, :] - target
-  target_energy = jnp.sum(target**2, axis=-1)
-  residual_energy = jnp.sum(residual**2, axis=-1)
-  return -10.0 * jnp.log10((target_energy + eps) / (residual_energy + eps))
+  return -sdr.sisdr_db(est.astype(jnp.float32), ref.astype(jnp.float32), jnp, eps,
+                       pairwise=True)
 
 
 @functools.partial(jax.jit, static_argnames=("eps",))
-def pairwise_neg_snr(est, ref, eps=1e-8):
+def pairwise_neg_snr(est, ref, eps=sdr.EPS):
   """Negative plain SNR of every estimate against every reference (no mean removal, no scaling).
 
-  SNR = 10 log10((||r||^2 + eps) / (||e - r||^2 + eps)). Unlike SI-SDR the estimate's level
-  matters, so a model trained with it keeps level differences between channels (ILD).
+  Unlike SI-SDR the estimate's level matters, so a model trained with it keeps level
+  differences between channels (ILD).
 
   Args:
     est: `[B, N, T]` estimates; ref: `[B, M, T]` references.
@@ -77,12 +65,7 @@ def pairwise_neg_snr(est, ref, eps=1e-8):
     `[B, N, M]` float32 negative SNR in dB.
   """
   _check_pair(est, ref)
-  est = est.astype(jnp.float32)
-  ref = ref.astype(jnp.float32)
-  residual = est[:, :, None, :] - ref[:, None, :, :]
-  ref_energy = jnp.sum(ref**2, axis=-1)[:, None, :]
-  residual_energy = jnp.sum(residual**2, axis=-1)
-  return -10.0 * jnp.log10((ref_energy + eps) / (residual_energy + eps))
+  return -sdr.snr_db(est.astype(jnp.float32), ref.astype(jnp.float32), jnp, eps, pairwise=True)
 
 
 def permutations_table(num_outputs, num_references):

@@ -20,6 +20,7 @@ import scipy.signal
 import scipy.stats
 import tqdm
 
+from spatialsep_jax import sdr as sdr_lib
 from spatialsep_jax import vocoder as vocoder_lib
 
 METRIC_NAMES = ("sisdr", "snr", "sdr", "stoi", "estoi", "pesq")
@@ -27,35 +28,19 @@ DEFAULT_METRICS = ("sisdr", "sdr", "stoi", "pesq")
 PESQ_RATES = (8000, 16000)
 
 
-def _sisdr_db(est, ref, eps, xp):
-  est = est - xp.mean(est, axis=-1, keepdims=True)
-  ref = ref - xp.mean(ref, axis=-1, keepdims=True)
-  ref_energy = xp.sum(ref**2, axis=-1, keepdims=True)
-  alpha = xp.sum(est * ref, axis=-1, keepdims=True) / (ref_energy + eps)
-  target = alpha * ref
-  target_energy = xp.sum(target**2, axis=-1)
-  residual_energy = xp.sum((est - target)**2, axis=-1)
-  return 10.0 * xp.log10((target_energy + eps) / (residual_energy + eps))
-
-
-def _snr_db(est, ref, eps, xp):
-  return 10.0 * xp.log10(
-      (xp.sum(ref**2, axis=-1) + eps) / (xp.sum((est - ref)**2, axis=-1) + eps))
-
-
-@functools.partial(jax.jit, static_argnames=("eps",))
-def sisdr(est, ref, eps=1e-8):
+@jax.jit
+def sisdr(est, ref):
   """Zero-mean scale-invariant SDR in dB: `[..., T]` x `[..., T]` -> `[...]` (float32).
 
-  alpha = <e, r> / (||r||^2 + eps); 10 log10((||alpha r||^2 + eps) / (||e - alpha r||^2 + eps)).
+  The formula (and what silence scores) is in `spatialsep_jax.sdr`.
   """
-  return _sisdr_db(est.astype(jnp.float32), ref.astype(jnp.float32), eps, jnp)
+  return sdr_lib.sisdr_db(est.astype(jnp.float32), ref.astype(jnp.float32), jnp)
 
 
-@functools.partial(jax.jit, static_argnames=("eps",))
-def snr(est, ref, eps=1e-8):
-  """Plain SNR in dB, 10 log10((||r||^2 + eps) / (||e - r||^2 + eps)): `[..., T]` -> `[...]`."""
-  return _snr_db(est.astype(jnp.float32), ref.astype(jnp.float32), eps, jnp)
+@jax.jit
+def snr(est, ref):
+  """Plain SNR in dB (`spatialsep_jax.sdr`): `[..., T]` -> `[...]` (float32)."""
+  return sdr_lib.snr_db(est.astype(jnp.float32), ref.astype(jnp.float32), jnp)
 
 
 @jax.jit
@@ -290,9 +275,9 @@ def delta_itd_ms(est, ref, rate, max_itd_ms=1.0):
 def _metric_per_source(name, est, ref, rate):
   """`[S, T]` x `[S, T]` -> `[S]` float64 values of one metric."""
   if name == "sisdr":
-    return _sisdr_db(est, ref, 1e-8, np)
+    return sdr_lib.sisdr_db(est, ref, np)
   if name == "snr":
-    return _snr_db(est, ref, 1e-8, np)
+    return sdr_lib.snr_db(est, ref, np)
   if name == "sdr":
     return sdr(est, ref)
   if name in ("stoi", "estoi"):
@@ -306,22 +291,25 @@ def align_by_sisdr(est, ref):
   """Permutation `[S]` (estimate index per reference) maximising the summed SI-SDR."""
   est = np.asarray(est, np.float64)
   ref = np.asarray(ref, np.float64)
-  pairwise = _sisdr_db(est[:, None, :], ref[None, :, :], 1e-8, np)
+  pairwise = sdr_lib.sisdr_db(est[None], ref[None], np, pairwise=True)[0]
   rows, cols = scipy.optimize.linear_sum_assignment(pairwise, maximize=True)
   perm = np.zeros(ref.shape[0], np.int64)
   perm[cols] = rows
   return perm
 
 
-def evaluate_example(est, ref, mixture_ref, rate, metrics=DEFAULT_METRICS, vocoder_config=None):
+def evaluate_example(est, ref, mixture_ref, rate, metrics=DEFAULT_METRICS, vocoder_config=None,
+                     align=True):
   """All metrics of one example and their improvements over the unprocessed mixture.
 
-  Estimates are PIT-aligned to the references by SI-SDR first.
+  Estimates are PIT-aligned to the references by SI-SDR first (`align=True`, separation), or
+  paired in order (`align=False`: output k with reference k, enhancement / per-ear targets).
 
   Args:
     est: `[N, T]` estimates (N >= S; extra outputs such as a noise estimate are dropped).
     ref: `[S, T]` references.
-    mixture_ref: `[T]` mixture at the reference microphone.
+    mixture_ref: `[T]` unprocessed signal (mixture at the reference microphone), or `[S, T]`
+      one per reference (e.g. the mixture at each ear).
     rate: sample rate in Hz.
     metrics: names from METRIC_NAMES.
     vocoder_config: None to skip the CI simulation, else a dict of `vocoder.vocode` keyword
@@ -334,16 +322,16 @@ def evaluate_example(est, ref, mixture_ref, rate, metrics=DEFAULT_METRICS, vocod
   est = np.asarray(est, np.float64)
   ref = np.asarray(ref, np.float64)
   mixture_ref = np.asarray(mixture_ref, np.float64)
-  if est.ndim != 2 or ref.ndim != 2 or mixture_ref.ndim != 1:
-    raise ValueError(f"expected est [N, T], ref [S, T], mixture_ref [T]; got {est.shape}, "
-                     f"{ref.shape}, {mixture_ref.shape}")
+  if est.ndim != 2 or ref.ndim != 2 or mixture_ref.ndim not in (1, 2):
+    raise ValueError(f"expected est [N, T], ref [S, T], mixture_ref [T] or [S, T]; got "
+                     f"{est.shape}, {ref.shape}, {mixture_ref.shape}")
   if not est.shape[-1] == ref.shape[-1] == mixture_ref.shape[-1] or est.shape[0] < ref.shape[0]:
     raise ValueError(f"lengths must agree and N >= S; got est {est.shape}, ref {ref.shape}, "
                      f"mixture {mixture_ref.shape}")
   unknown = set(metrics) - set(METRIC_NAMES)
   if unknown:
     raise ValueError(f"unknown metrics {sorted(unknown)}; use some of {METRIC_NAMES}")
-  perm = align_by_sisdr(est, ref)
+  perm = align_by_sisdr(est, ref) if align else np.arange(ref.shape[0])
   aligned = est[perm]
   mixture = np.broadcast_to(mixture_ref, ref.shape)
   results = {"perm": perm}

@@ -24,21 +24,26 @@ from tqdm.auto import tqdm
 
 from spatialsep_jax import checkpoint as checkpoint_lib
 from spatialsep_jax import config_checks
-from spatialsep_jax import losses
-from spatialsep_jax import metrics as metrics_lib
+from spatialsep_jax import loss_terms
 from spatialsep_jax import models
 from spatialsep_jax import sharding
 from spatialsep_jax import summary
+from spatialsep_jax import tasks
 
-# Keys of the batch that enter the jitted step; metadata stays on the host.
-STEP_KEYS = ("mixture", "sources", "mixture_reference")
+# The batch keys every step sees; the loss terms and the evaluation task add theirs.
+BASE_STEP_KEYS = ("mixture",)
 
 
 @flax.struct.dataclass
 class TrainState:
+  """Everything a run needs to continue: the step, parameters, mutable model collections
+  (batch statistics; {} for models without), the optimiser state and the run's base PRNG
+  key (each step uses `fold_in(rng, step)`, so resuming at step k replays step k's key)."""
   step: jax.Array
   params: Any
+  model_state: Any
   opt_state: Any
+  rng: jax.Array
 
 
 class NonFiniteError(RuntimeError):
@@ -49,16 +54,24 @@ class NonFiniteError(RuntimeError):
 _tree_norm = getattr(getattr(optax, "tree", None), "norm", None) or optax.global_norm
 
 
-def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
-  """StepLR as in the study: multiply by ``decay_factor`` every ``decay_every_steps``.
+def resolved_schedule(config: ml_collections.ConfigDict) -> dict:
+  """The learning-rate schedule as numbers: part of a run's identity, saved with every
+  checkpoint. `optim.decay_every_steps=0` derives the decay interval from `train.num_steps`
+  (one and two thirds of the run); `train.schedule_steps` (when > 0) replaces num_steps in
+  that rule, so a run extended later keeps the boundaries it started with."""
+  horizon = int(config.train.get("schedule_steps", 0)) or int(config.train.num_steps)
+  every = int(config.optim.decay_every_steps) or max(1, horizon // 3)
+  return {"learning_rate": float(config.optim.learning_rate), "decay_every_steps": every,
+          "decay_factor": float(config.optim.decay_factor)}
 
-  The study decays every 50 epochs; with a step budget instead of epochs the
-  default (``decay_every_steps=0``) decays at one and two thirds of the run.
-  """
-  every = config.optim.decay_every_steps or max(1, config.train.num_steps // 3)
+
+def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+  """StepLR as in the study: multiply by ``decay_factor`` every ``decay_every_steps``
+  (`resolved_schedule`)."""
+  schedule = resolved_schedule(config)
   return optax.exponential_decay(
-      config.optim.learning_rate, transition_steps=every,
-      decay_rate=config.optim.decay_factor, staircase=True)
+      schedule["learning_rate"], transition_steps=schedule["decay_every_steps"],
+      decay_rate=schedule["decay_factor"], staircase=True)
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -76,11 +89,12 @@ def example_input_shape(config) -> tuple[int, int, int]:
   return (1, samples, len(config.data.input_channels))
 
 
-def init_state(config, model, optimizer, rng) -> TrainState:
-  mixture = jnp.zeros(example_input_shape(config), jnp.float32)
-  params = model.init(rng, mixture)["params"]
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    opt_state=optimizer.init(params))
+def init_state(config, model: models.Model, optimizer, rng) -> TrainState:
+  init_rng, run_rng = jax.random.split(rng)
+  variables = model.init(init_rng, jnp.zeros(example_input_shape(config), jnp.float32))
+  params = variables.pop("params")
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=variables,
+                    opt_state=optimizer.init(params), rng=jax.random.key_data(run_rng))
 
 
 def nonfinite_count(opt_state) -> jax.Array:
@@ -88,26 +102,33 @@ def nonfinite_count(opt_state) -> jax.Array:
   return opt_state.notfinite_count
 
 
-def make_loss_fn(config, model) -> Callable:
-  num_sources = config.data.num_sources
+def step_key(state: TrainState) -> jax.Array:
+  return jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
 
-  def loss_fn(params, batch):
-    """(mean loss, aux with per-example loss, perm and the estimates [B, S, T] float32)."""
-    estimates = model.apply({"params": params}, batch["mixture"].astype(jnp.float32))
-    estimates = estimates[:, :num_sources].astype(jnp.float32)
-    loss, aux = losses.separation_loss(
-        estimates, batch["sources"].astype(jnp.float32), name=config.loss.name,
-        clamp_db=config.loss.clamp_db)
-    return loss, {**aux, "estimates": estimates}
+
+def make_loss_fn(config, model: models.Model, terms) -> Callable:
+
+  def loss_fn(params, model_state, batch, rng, train):
+    """(mean loss, aux): aux has the per-example loss [B], the terms' metrics, the outputs,
+    the new model state and the permutation a PIT term chose (or None)."""
+    model_rng, loss_rng = jax.random.split(rng)
+    outputs, new_state = model.apply({"params": params, **model_state},
+                                     batch["mixture"].astype(jnp.float32), train=train,
+                                     rng=model_rng)
+    per_example, term_metrics, perm = loss_terms.total_loss(terms, outputs, batch, loss_rng)
+    aux = {"per_example": per_example, "metrics": term_metrics, "outputs": outputs,
+           "model_state": new_state, "perm": perm}
+    return jnp.mean(per_example), aux
 
   return loss_fn
 
 
-def make_train_step(config, model, optimizer) -> Callable:
-  loss_fn = make_loss_fn(config, model)
+def make_train_step(config, model, optimizer, terms) -> Callable:
+  loss_fn = make_loss_fn(config, model, terms)
 
   def train_step(state: TrainState, batch: dict):
-    (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, state.model_state, batch, step_key(state), True)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     step_metrics = {
@@ -115,78 +136,94 @@ def make_train_step(config, model, optimizer) -> Callable:
         "grad_norm": _tree_norm(grads),
         "nonfinite_in_a_row": nonfinite_count(opt_state),
         "learning_rate": learning_rate_schedule(config)(state.step),
+        **{k: jnp.mean(v) for k, v in aux["metrics"].items()},
     }
-    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), step_metrics
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                              model_state=aux["model_state"])
+    return new_state, step_metrics
 
   return train_step
 
 
-def make_eval_step(config, model) -> Callable:
-  """Per-example validation figures: loss, SI-SDR of the estimates and of the mixture."""
-  loss_fn = make_loss_fn(config, model)
+def make_eval_step(config, model, terms) -> Callable:
+  """Per-example validation figures: the loss and the task's scores (`tasks.py`)."""
+  loss_fn = make_loss_fn(config, model, terms)
+  task = tasks.get(config.eval.task)
 
-  def eval_step(params, batch):
-    _, aux = loss_fn(params, batch)
-    sources = batch["sources"].astype(jnp.float32)
-    aligned = losses.reorder(aux["estimates"], aux["perm"])
-    est_sisdr = metrics_lib.sisdr(aligned, sources).mean(axis=-1)
-    mix = jnp.broadcast_to(batch["mixture_reference"][:, None, :].astype(jnp.float32), sources.shape)
-    mix_sisdr = metrics_lib.sisdr(mix, sources).mean(axis=-1)
-    return {"loss": aux["per_example"], "sisdr": est_sisdr, "sisdri": est_sisdr - mix_sisdr}
+  def eval_step(params, model_state, batch):
+    _, aux = loss_fn(params, model_state, batch, jax.random.key(0), False)
+    return {"loss": aux["per_example"], **task.score_jax(aux["outputs"], batch, config)}
 
   return eval_step
 
 
 @dataclasses.dataclass
 class Programs:
-  """The jitted functions of one run and the shardings they use."""
+  """The jitted functions of one run, the shardings they use and the batch keys they read."""
   mesh: Any
-  model: Any
+  model: models.Model
   optimizer: Any
+  terms: list
+  step_keys: tuple
   train_step: Callable
   eval_step: Callable
   init: Callable
 
+  def inputs(self, batch: dict) -> dict:
+    return step_inputs(batch, self.mesh, self.step_keys)
+
 
 def build_programs(config, mesh=None) -> Programs:
   mesh = mesh or sharding.make_mesh()
-  model = models.build(config)
+  model = models.build_model(config)
   optimizer = make_optimizer(config)
+  terms = loss_terms.bind(config)
+  keys = tuple(dict.fromkeys(BASE_STEP_KEYS + loss_terms.batch_keys(terms)
+                             + tasks.get(config.eval.task).batch_keys(config)))
   replicated, batched = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-  train_step = jax.jit(make_train_step(config, model, optimizer),
+  train_step = jax.jit(make_train_step(config, model, optimizer, terms),
                        in_shardings=(replicated, batched), out_shardings=(replicated, replicated),
                        donate_argnums=0)
-  eval_step = jax.jit(make_eval_step(config, model), in_shardings=(replicated, batched),
-                      out_shardings=replicated)  # small per-example vectors, readable on every process
+  eval_step = jax.jit(make_eval_step(config, model, terms),
+                      in_shardings=(replicated, replicated, batched),
+                      out_shardings=replicated)  # small per-example vectors, readable everywhere
   init = jax.jit(lambda rng: init_state(config, model, optimizer, rng), out_shardings=replicated)
-  return Programs(mesh, model, optimizer, train_step, eval_step, init)
+  return Programs(mesh, model, optimizer, terms, keys, train_step, eval_step, init)
 
 
-def step_inputs(batch: dict, mesh) -> dict:
-  return sharding.shard_batch({k: batch[k] for k in STEP_KEYS if k in batch}, mesh)
+def step_inputs(batch: dict, mesh, keys=None) -> dict:
+  """The batch entries a step reads (`keys`; all array entries when None), sharded."""
+  if keys is None:
+    keys = [k for k, v in batch.items() if isinstance(v, np.ndarray) and v.dtype.kind == "f"]
+  missing = [k for k in keys if k not in batch]
+  if missing:
+    raise ValueError(f"the batch has no {missing} (it has {sorted(batch)}); the loss terms or "
+                     "evaluation task ask for them: render data that has them or change "
+                     "config.loss.terms / config.eval.task")
+  return sharding.shard_batch({k: batch[k] for k in keys}, mesh)
 
 
-def device_batches(batches, mesh, depth: int):
+def device_batches(batches, mesh, depth: int, keys=None):
   """Host batches -> sharded device batches, `depth` batches ahead, so the host-to-device
   copy of the next batches overlaps the running step (resuming does not depend on it: the
   loader restarts at the step's batch number)."""
   queue = collections.deque()
   for batch in batches:
-    queue.append(step_inputs(batch, mesh))
+    queue.append(step_inputs(batch, mesh, keys))
     if len(queue) > depth:
       yield queue.popleft()
   while queue:
     yield queue.popleft()
 
 
-def validate(programs: Programs, params, batches) -> dict:
-  """Mean loss, SI-SDR and SI-SDRi over the given validation batches."""
-  rows = {"loss": [], "sisdr": [], "sisdri": []}
+def validate(programs: Programs, state: TrainState, batches) -> dict:
+  """Means of the loss and the task's scores over the given validation batches."""
+  rows = collections.defaultdict(list)
   for batch in batches:
-    out = programs.eval_step(params, step_inputs(batch, programs.mesh))
-    for key in rows:
-      rows[key].append(np.asarray(jax.device_get(out[key])))
-  if not rows["loss"]:
+    out = programs.eval_step(state.params, state.model_state, programs.inputs(batch))
+    for key, value in jax.device_get(out).items():
+      rows[key].append(np.asarray(value))
+  if not rows:
     raise ValueError("the validation split gave no complete batch; render more val examples "
                      "(config.data.num_examples.val) or lower config.train.batch_size")
   return {f"val_{k}": float(np.mean(np.concatenate(v))) for k, v in rows.items()}
@@ -224,19 +261,42 @@ class _StopSignal:
 
 
 def config_fingerprint(config) -> str:
-  """Hash of what determines the trained function (not logging cadence or step budget)."""
+  """Hash of what determines the trained function: data, model, loss, optimiser, seed and
+  batch size, less the fields that say where files are or how fast they are computed
+  (`dataset.RESULT_NEUTRAL_FIELDS`, the model's registered `speed_only_fields`) and the
+  step budget (the schedule's identity is checked on its own, `_check_schedule`)."""
   import hashlib
-  relevant = {k: config[k].to_dict() for k in ("data", "model", "loss", "optim")}
-  for where_or_how in ("shards_dir", "cache_dir", "loader", "prefetch", "loader_workers",
-                       "host_audio_dtype", "device_prefetch"):
-    relevant["data"].pop(where_or_how, None)
-  for how in ("norm_impl", "remat", "remat_blocks"):  # the same function, computed differently
-    relevant["model"].pop(how, None)
-  if not relevant["model"].get("scan_blocks"):  # stacked parameters only when scanned
-    relevant["model"].pop("scan_blocks", None)
+  from data_pipeline import dataset
+  relevant = {k: config[k].to_dict() for k in ("data", "model", "loss")}
+  relevant["optim"] = {k: v for k, v in config.optim.to_dict().items()
+                       if k != "decay_every_steps"}
+  for field in dataset.RESULT_NEUTRAL_FIELDS:
+    relevant["data"].pop(field, None)
+  for field in models.get(config.model.name).speed_only_fields:
+    relevant["model"].pop(field, None)
   relevant["seed"] = config.seed
   relevant["batch_size"] = config.train.batch_size
+  relevant["format"] = CHECKPOINT_FORMAT
   return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# 2: TrainState with model_state and rng, losses as terms, the corrected SI-SDR (was 1).
+CHECKPOINT_FORMAT = 2
+
+
+def _check_schedule(saved: dict | None, config, workdir: str) -> None:
+  """Resuming must not move the learning-rate boundaries of the run so far."""
+  now = resolved_schedule(config)
+  if not saved or saved == now:
+    return
+  if config.optim.decay_every_steps == 0 and saved["learning_rate"] == now["learning_rate"]:
+    raise ValueError(
+        f"{workdir} was trained with decays every {saved['decay_every_steps']} steps (derived "
+        f"from its num_steps); this num_steps would move them to every "
+        f"{now['decay_every_steps']}: keep the run's schedule with "
+        f"--config.optim.decay_every_steps={saved['decay_every_steps']} or start a new workdir")
+  raise ValueError(f"{workdir} was trained with the schedule {saved}, this config gives {now}; "
+                   "use the run's optim settings or start a new workdir")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -258,16 +318,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   _check_workdir_config(workdir, config, fingerprint)
 
   programs = build_programs(config, mesh)
-  abstract = jax.eval_shape(programs.init, jax.random.key(config.seed))
   ckpt = checkpoint_lib.Checkpointer(workdir, keep_best=config.train.keep_best)
-  extra = {"config_fingerprint": fingerprint}
+  extra = {"config_fingerprint": fingerprint, "checkpoint_format": CHECKPOINT_FORMAT,
+           "schedule": resolved_schedule(config), "config_name": config.name}
   best = {"val_loss": float("inf")}
   evals_without_improvement = 0
   if ckpt.latest_step() is not None:
-    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype,
-                                                         sharding=sharding.replicated(mesh)),
-                          abstract)
-    state, meta = ckpt.restore_latest(target)
+    meta = ckpt.latest_meta()
+    _check_checkpoint_identity(meta, fingerprint, workdir)
+    _check_schedule(meta.get("schedule"), config, workdir)
+    state, meta = ckpt.restore_latest(abstract_state(programs, config))
     best = meta.get("best", best)
     evals_without_improvement = meta.get("evals_without_improvement", 0)
     logging.info("resuming from step %d in %s", int(state.step), workdir)
@@ -291,7 +351,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   tick_time, tick_step = time.perf_counter(), start_step
   step = start_step
   try:
-    train_iter = device_batches(train_loader, mesh, int(config.data.get("device_prefetch", 2)))
+    train_iter = device_batches(train_loader, mesh, int(config.data.get("device_prefetch", 2)),
+                                programs.step_keys)
     while step < config.train.num_steps:
       state, step_metrics = programs.train_step(state, next(train_iter))
       step += 1
@@ -311,7 +372,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
               f"{step}; the last good checkpoint is intact in {workdir}/checkpoints; lower "
               "config.optim.learning_rate or check the data")
       if step % config.train.eval_every == 0 or step == config.train.num_steps:
-        val = validate(programs, state.params, val_batches)
+        val = validate(programs, state, val_batches)
         writer.write_scalars(step, val)
         last_metrics.update(val)
         if val["val_loss"] < best["val_loss"]:
@@ -319,7 +380,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         else:
           evals_without_improvement += 1
         ckpt.save_best(step, state, val["val_loss"], extra)
-        bar.write(f"step {step}: val loss {val['val_loss']:.2f}  SI-SDRi {val['val_sisdri']:.2f} dB")
+        bar.write(f"step {step}: " + "  ".join(f"{k[4:]} {v:.2f}" for k, v in val.items()))
         patience = config.train.early_stopping_patience
         if patience and evals_without_improvement >= patience:
           stopped_by = f"early stopping after {patience} evaluations without improvement"
@@ -347,6 +408,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     with open(os.path.join(workdir, "train_summary.json"), "w") as f:
       json.dump(result, f, indent=1, default=float)
   return result
+
+
+def abstract_state(programs: Programs, config):
+  """Shapes, dtypes and (replicated) shardings of the run's TrainState."""
+  abstract = jax.eval_shape(programs.init, jax.random.key(config.seed))
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(
+      a.shape, a.dtype, sharding=sharding.replicated(programs.mesh)), abstract)
+
+
+def _check_checkpoint_identity(meta: dict, fingerprint: str, workdir: str) -> None:
+  """The identity stored inside the checkpoint decides, whether or not config.json exists."""
+  saved_format = meta.get("checkpoint_format", 1)
+  if saved_format != CHECKPOINT_FORMAT:
+    raise ValueError(
+        f"{workdir} holds a checkpoint of format {saved_format} (spatialsep-jax before the model "
+        f"and loss registries; this version writes format {CHECKPOINT_FORMAT}); it cannot resume "
+        "here: train in a new --workdir, or evaluate it with the commit that wrote it")
+  if meta.get("config_fingerprint") != fingerprint:
+    raise ValueError(
+        f"{workdir} holds a run of a different configuration ({meta.get('config_name')}, "
+        f"fingerprint {meta.get('config_fingerprint')}, this config's is {fingerprint}); use "
+        "another --workdir or the run's own config")
 
 
 def _check_workdir_config(workdir: str, config, fingerprint: str) -> None:

@@ -8,16 +8,39 @@ import pytest
 from spatialsep_jax import losses
 
 
-def _numpy_sisdr(e, r, eps=1e-8):
+def _numpy_sisdr(e, r, eps=1e-12):
   e = e - e.mean()
   r = r - r.mean()
-  alpha = np.dot(e, r) / (np.dot(r, r) + eps)
+  alpha = (np.dot(e, r) + eps) / (np.dot(r, r) + eps)
   target = alpha * r
-  return 10 * np.log10((np.sum(target**2) + eps) / (np.sum((e - target)**2) + eps))
+  return 10 * np.log10(np.sum(target**2) / (np.sum((e - target)**2) + eps) + eps)
 
 
-def _numpy_snr(e, r, eps=1e-8):
-  return 10 * np.log10((np.sum(r**2) + eps) / (np.sum((e - r)**2) + eps))
+def _numpy_snr(e, r, eps=1e-12):
+  return 10 * np.log10(np.sum(r**2) / (np.sum((e - r)**2) + eps) + eps)
+
+
+def _speech_level_reference(seed=3, length=8000):
+  """A reference at a speech-like level (RMS 0.05) and a white-noise estimate."""
+  rng = np.random.default_rng(seed)
+  ref = 0.05 * rng.standard_normal(length)
+  return ref.astype(np.float32), (0.05 * rng.standard_normal(length)).astype(np.float32)
+
+
+def test_silence_and_vanishing_estimates_score_as_failures():
+  ref, white = _speech_level_reference()
+  def score(est):
+    return float(-losses.pairwise_neg_sisdr(est[None, None], ref[None, None])[0, 0, 0])
+  assert score(np.zeros_like(ref)) <= -60.0
+  assert score(1e-10 * ref) <= -60.0
+  assert score(ref) > 40.0
+  assert score(1e-3 * ref) > 40.0
+  # Independent white noise is a failure too, close to 10 log10(1 / T) for unit projections.
+  assert score(white) < -20.0
+  assert abs(score(white) - _numpy_sisdr(white.astype(np.float64), ref.astype(np.float64))) < 1e-2
+  # SNR: an all-zero estimate is exactly 0 dB (the error equals the reference).
+  snr_zero = float(-losses.pairwise_neg_snr(np.zeros_like(ref)[None, None], ref[None, None])[0, 0, 0])
+  assert abs(snr_zero) < 1e-4
 
 
 @pytest.mark.parametrize("name,pairwise_fn,reference_fn", [

@@ -1,0 +1,109 @@
+"""Evaluation tasks: how a model's outputs are paired with references and scored.
+
+`config.eval.task` picks one:
+  separation   outputs `estimates [B, N, T]` against `sources [B, S, T]`, paired by the
+               permutation with the best summed SI-SDR (N >= S; extra outputs such as a
+               noise estimate stay unscored); improvements over `mixture_reference [B, T]`.
+  enhancement  output k against target k, no permutation: `estimates [B, K, T]` against
+               `batch[config.eval.targets]` `[B, K, T]` (or `[B, T]` for one target), e.g.
+               one target per ear for binaural enhancement; improvements over
+               `batch[config.eval.baseline]` (`[B, T]` or `[B, K, T]`).
+Validation (in the jitted step) reports mean SI-SDR and SI-SDRi per example; evaluation rows
+(`evaluation.py`) get one column group per reference, `<metric>_s<k>`, plus their mean.
+"""
+
+import dataclasses
+from typing import Callable
+
+import jax.numpy as jnp
+import numpy as np
+
+from spatialsep_jax import losses
+from spatialsep_jax import sdr
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  name: str
+  batch_keys: Callable          # config -> batch keys the task reads
+  references: Callable          # (outputs or batch arrays, config) helpers below
+  align: bool                   # whether estimates are permuted to the references
+
+
+def _as_stack(x):
+  return x[:, None, :] if x.ndim == 2 else x
+
+
+def _separation_keys(config):
+  return ("sources", "mixture_reference")
+
+
+def _enhancement_keys(config):
+  return (config.eval.targets, config.eval.baseline)
+
+
+def _separation_references(batch, config):
+  return batch["sources"], batch["mixture_reference"]
+
+
+def _enhancement_references(batch, config):
+  return batch[config.eval.targets], batch[config.eval.baseline]
+
+
+_TASKS = {
+    "separation": Task("separation", _separation_keys, _separation_references, align=True),
+    "enhancement": Task("enhancement", _enhancement_keys, _enhancement_references, align=False),
+}
+TASK_NAMES = tuple(_TASKS)
+
+
+def get(name: str) -> "BoundTask":
+  if name not in _TASKS:
+    raise ValueError(f"config.eval.task={name!r} is not one of {TASK_NAMES}")
+  return BoundTask(_TASKS[name])
+
+
+@dataclasses.dataclass(frozen=True)
+class BoundTask:
+  task: Task
+
+  @property
+  def name(self) -> str:
+    return self.task.name
+
+  @property
+  def align(self) -> bool:
+    return self.task.align
+
+  def batch_keys(self, config) -> tuple:
+    return tuple(self.task.batch_keys(config))
+
+  def references(self, batch, config):
+    """(references `[B, K, T]`, baseline `[B, 1 or K, T]`) from a batch."""
+    references, baseline = self.task.references(batch, config)
+    return _as_stack(references), _as_stack(baseline)
+
+  def score_jax(self, outputs: dict, batch: dict, config) -> dict:
+    """Per-example mean SI-SDR and SI-SDRi `[B]` (jax, inside the jitted eval step)."""
+    references, baseline = self.references(batch, config)
+    references = references.astype(jnp.float32)
+    estimates = outputs["estimates"].astype(jnp.float32)
+    if self.align:
+      _, perm = losses.pit(losses.pairwise_neg_sisdr(estimates, references))
+      estimates = losses.reorder(estimates, perm)
+    elif estimates.shape[1] != references.shape[1]:
+      raise ValueError(f"the {self.name} task pairs output k with target k, but the model emits "
+                       f"{estimates.shape[1]} outputs for {references.shape[1]} targets")
+    baseline = jnp.broadcast_to(baseline.astype(jnp.float32), references.shape)
+    value = sdr.sisdr_db(estimates, references, jnp).mean(axis=-1)
+    unprocessed = sdr.sisdr_db(baseline, references, jnp).mean(axis=-1)
+    return {"sisdr": value, "sisdri": value - unprocessed}
+
+  def example(self, estimates: np.ndarray, batch: dict, index: int, config):
+    """(estimates [N, T], references [K, T], baseline [T] or [K, T]) of one example, float32."""
+    references, baseline = self.task.references(batch, config)
+    references = np.asarray(references[index], np.float32)
+    baseline = np.asarray(baseline[index], np.float32)
+    if references.ndim == 1:
+      references = references[None]
+    return np.asarray(estimates, np.float32), references, baseline
