@@ -59,3 +59,13 @@ def channel_indices(names) -> list[int]:
       raise ValueError(f"channel {name!r} is not in the array; use one of {', '.join(CHANNEL_NAMES)}")
     indices.append(CHANNEL_NAMES.index(name))
   return indices
+
+
+def target_mics(data) -> tuple[str, ...]:
+  """The mics at which targets are stored: config.data.target_mics, or (data.reference_mic,)
+  when it is empty."""
+  names = tuple(data.get("target_mics", ()) or (data.reference_mic,))
+  channel_indices(names)
+  if len(set(names)) != len(names):
+    raise ValueError(f"data.target_mics={names} lists a mic twice; list each mic once")
+  return names

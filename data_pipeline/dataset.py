@@ -10,6 +10,8 @@ import hashlib
 import json
 import logging
 import os
+import shlex
+import sys
 
 from data_pipeline import array as array_lib
 from data_pipeline import render as render_lib
@@ -47,17 +49,48 @@ def shards_dir(config) -> str:
   return os.path.join(".", "data", f"{corpus}-{dataset_fingerprint(config)}")
 
 
+def render_command(argv=None) -> str:
+  """`python launch/render.py` with the --config flags (and render.py's --workdir) of `argv`
+  (default sys.argv): the command that renders the data of the running configuration."""
+  argv = list(sys.argv if argv is None else argv)
+  script = os.path.basename(argv[0]) if argv else ""
+  kept, pending = [], False
+  for arg in argv[1:]:
+    if pending:
+      kept.append(arg)
+      pending = False
+    elif arg.startswith("--config") or (script == "render.py" and arg.startswith("--workdir")):
+      kept.append(arg)
+      pending = "=" not in arg
+  if not any(arg.startswith("--config") for arg in kept):
+    return shards.GENERIC_RENDER_COMMAND
+  return " ".join(["python", "launch/render.py"] + [shlex.quote(arg) for arg in kept])
+
+
 def read_manifest(directory: str) -> dict:
   if not os.path.exists(shards.manifest_path(directory)):
     raise FileNotFoundError(f"no manifest.json in {directory}; render the shards first with "
-                            "python launch/render.py --config=<the same config>")
+                            f"{render_command()}")
   return shards.read_manifest(directory)
 
 
-def is_rendered(directory: str) -> bool:
+def dataset_problem(directory: str) -> str | None:
+  """Why the shards in `directory` cannot be read as they are (None when they can): no manifest,
+  an unusable one, unfinished splits or shards whose files are missing or of the wrong size."""
   if not os.path.exists(shards.manifest_path(directory)):
-    return False
-  return shards.is_complete(shards.read_manifest(directory))
+    return f"no shards are rendered in {directory}"
+  try:
+    manifest = shards.read_manifest(directory)
+    if not shards.is_complete(manifest):
+      return f"the shards in {directory} are only partly rendered"
+    shards.verify_shards(directory, manifest)
+  except (shards.ManifestError, shards.ShardError) as error:
+    return str(error)
+  return None
+
+
+def is_rendered(directory: str) -> bool:
+  return dataset_problem(directory) is None
 
 
 def ensure_dataset(config, progress: bool = True) -> str:
@@ -67,20 +100,26 @@ def ensure_dataset(config, progress: bool = True) -> str:
   names the render command instead.
   """
   directory = shards_dir(config)
-  if is_rendered(directory):
+  problem = dataset_problem(directory)
+  if problem is None:
     return directory
   if config.data.corpus != "espeak":
+    if os.path.exists(shards.manifest_path(directory)):
+      raise ValueError(problem)
     raise FileNotFoundError(
         f"the shards for corpus {config.data.corpus!r} are not rendered in {directory}; run "
-        f"python launch/render.py --config=<this config> (same --config.data.* overrides) first")
-  print(f"Rendering the embedded default data into {directory} (once; later runs reuse it)")
+        f"{render_command()} first")
+  print(f"Rendering the embedded default data into {directory} ({problem}; once, later runs "
+        "reuse it)")
   render(config, directory, progress=progress)
   return directory
 
 
 def render(config, directory: str | None = None, num_workers: int | None = None,
-           progress: bool = True) -> dict:
-  """Renders every missing shard of `config` into `directory`; returns the manifest."""
+           progress: bool = True, command: str | None = None) -> dict:
+  """Renders every missing (or failing, see shards.prepare_manifest) shard of `config` into
+  `directory`; returns the manifest. `command` (default: from sys.argv) is recorded in the
+  manifest as the way to re-render it, for the messages about damaged shards."""
   from data_pipeline import corpus as corpus_lib
   from data_pipeline import scenes
 
@@ -114,7 +153,8 @@ def render(config, directory: str | None = None, num_workers: int | None = None,
       skipped_files=dict(corpus.skipped),
       room_splits={split: [int(r) for r in scenes.rooms_of_split(config, bank, split)]
                    for split in SPLITS},
-      data_config=json.loads(json.dumps(config.data.to_dict(), default=str)))
+      data_config=json.loads(json.dumps(config.data.to_dict(), default=str)),
+      render_command=command or render_command())
   make_example = functools.partial(_make_example, config.to_json())
   counts = {split: int(config.data.num_examples[split]) for split in SPLITS}
   return render_lib.render_dataset(

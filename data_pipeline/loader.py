@@ -20,7 +20,7 @@ of one remix are always different speakers.
 Direct-path targets come from the stored ``direct`` field (each talker's
 direct path at the reference mic) scaled by the same gain, so both target kinds
 work; the talkers of one remix come from different rooms, whose metadata
-(``room_dims``, ``rt60``) is that of source 0's record.
+(``room_dims``, ``rt60``, ``room_index``) is that of source 0's record.
 """
 
 from __future__ import annotations
@@ -33,9 +33,12 @@ from typing import Any
 
 import numpy as np
 
+from data_pipeline import array as array_lib
 from data_pipeline import shards
 
-AUDIO_KEYS = ("mixture", "reverberant", "direct", "noise", "images")
+AUDIO_KEYS = ("mixture", "reverberant", "direct", "noise", "images", "reverberant_targets",
+              "direct_targets", "noise_targets")
+TARGET_KEYS = ("targets_direct", "targets_reverberant", "targets_noise")  # batch keys
 PER_SOURCE_KEYS = ("azimuth_deg", "distance_m", "drr_db", "speaker_index", "speaker_sex", "f0_hz")
 DYNAMIC_MIXING_STREAM = 7919  # separates the remix random stream from the epoch permutations
 
@@ -61,6 +64,10 @@ def check_manifest(config, manifest: Mapping[str, Any]) -> None:
   if manifest["reference_mic"] != data.reference_mic:
     raise ValueError(f"shards hold targets at reference mic {manifest['reference_mic']!r}, "
                      f"config asks {data.reference_mic!r}; {fix}")
+  wanted = list(array_lib.target_mics(data))
+  if shards.manifest_target_mics(manifest) != wanted:
+    raise ValueError(f"shards hold targets at mics {shards.manifest_target_mics(manifest)}, config "
+                     f"asks data.target_mics={wanted}; {fix}")
   if data.target not in manifest["target_kinds"]:
     raise ValueError(f"target {data.target!r} is not stored (shards have "
                      f"{manifest['target_kinds']}); set data.target to one of them")
@@ -168,6 +175,9 @@ class BatchAssembler:
     self.input_channels = np.array([names.index(c) for c in config.data.input_channels])
     self.reference_channel = names.index(self.manifest["reference_mic"])
     self.target = config.data.target
+    self.target_mics = shards.manifest_target_mics(self.manifest)
+    self.target_channels = np.array([names.index(c) for c in self.target_mics])
+    self.stored_targets = shards.stores_target_fields(self.target_mics, self.manifest["reference_mic"])
     self.host_audio_dtype = np.dtype(config.data.get("host_audio_dtype", "float32"))
     self.dynamic_mixing = bool(config.data.dynamic_mixing) and train
     self.tir_db_range = tuple(config.data.tir_db_range)
@@ -175,8 +185,10 @@ class BatchAssembler:
       raise ValueError(f"dynamic mixing needs at least {self.manifest['num_sources']} examples per "
                        f"process batch, got {self.local_batch_size}; raise the batch size")
     self.metadata_keys = [k for k in self.spec if k not in AUDIO_KEYS]
-    self.decode_keys = (["mixture", self.target, "noise"] + self.metadata_keys
-                        + (["images"] if self.dynamic_mixing else []))
+    self.decode_keys = (["mixture", "direct", "reverberant", "noise"] + self.metadata_keys
+                        + (["images"] if self.dynamic_mixing else [])
+                        + (["direct_targets", "reverberant_targets", "noise_targets"]
+                           if self.stored_targets else []))
     self._source = None
     shards.keep_freed_memory()  # before the loader's threads start (see there)
 
@@ -197,10 +209,14 @@ class BatchAssembler:
     t = self.manifest["segment_samples"]
     s = self.manifest["num_sources"]
     audio = self.host_audio_dtype
+    mt = len(self.target_mics)
     signature = {"mixture": ((None, t, len(self.input_channels)), audio),
                  "sources": ((None, s, t), audio),
                  "noise": ((None, t), audio),
-                 "mixture_reference": ((None, t), audio)}
+                 "mixture_reference": ((None, t), audio),
+                 "targets_direct": ((None, s, t, mt), audio),
+                 "targets_reverberant": ((None, s, t, mt), audio),
+                 "targets_noise": ((None, t, mt), audio)}
     for key in self.metadata_keys:
       shape, dtype = self.spec[key]
       signature[key] = ((None,) + shape, dtype)
@@ -228,9 +244,12 @@ class BatchAssembler:
     """
     source = self.source
     raw = [None] * len(indices)
-    for slot in np.argsort(indices, kind="stable"):
-      raw[slot] = source[int(indices[slot])]
-    return [shards.decode_record(data, self.spec, self.decode_keys) for data in raw]
+    try:
+      for slot in np.argsort(indices, kind="stable"):
+        raw[slot] = source[int(indices[slot])]
+      return [shards.decode_record(data, self.spec, self.decode_keys) for data in raw]
+    except (RuntimeError, ValueError) as error:  # a shard changed after it was opened
+      raise shards.unreadable_split(self.shards_dir, self.manifest, self.split, error) from None
 
   def _stack(self, records: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     signature = self.output_signature()
@@ -245,6 +264,12 @@ class BatchAssembler:
       half_to_host(batch["mixture"][i], record["mixture"][:, channels])
       half_to_host(batch["sources"][i], record[self.target])
       half_to_host(batch["noise"][i], record["noise"])
+      if self.stored_targets:
+        for kind in ("direct", "reverberant", "noise"):
+          half_to_host(batch[f"targets_{kind}"][i], record[f"{kind}_targets"])
+      else:
+        for kind in ("direct", "reverberant", "noise"):
+          half_to_host(batch[f"targets_{kind}"][i][..., 0], record[kind])
       if len(in_mixture):
         batch["mixture_reference"][i] = batch["mixture"][i, :, in_mixture[0]]
       else:
@@ -312,15 +337,19 @@ class BatchAssembler:
     gains[:, 1:] = np.sqrt(power[:, :1] / power[:, 1:] * 10.0 ** (-tir_db / 10.0))
     talker_images *= gains[:, :, None, None]
     mixture = talker_images.sum(axis=1) + noise  # [b, T, M]
-    if self.target == "reverberant":
-      sources = reference * gains[:, :, None]
+    talkers = (donors, np.arange(s)[None, :])
+    direct = np.stack([r["direct"] for r in records]).astype(np.float32)[talkers]  # [b, S, T]
+    sources = {"reverberant": reference, "direct": direct}[self.target] * gains[:, :, None]
+    if self.stored_targets:
+      direct_targets = np.stack([r["direct_targets"] for r in records]).astype(np.float32)[talkers]
     else:
-      direct = np.stack([r["direct"] for r in records]).astype(np.float32)  # [b, S, T]
-      sources = direct[donors, np.arange(s)[None, :]] * gains[:, :, None]
-
+      direct_targets = direct[..., None]
     batch = {"mixture": np.ascontiguousarray(mixture[..., self.input_channels]),
              "sources": sources.astype(np.float32), "noise": noise[..., ref],
-             "mixture_reference": mixture[..., ref]}
+             "mixture_reference": mixture[..., ref],
+             "targets_direct": direct_targets * gains[:, :, None, None],
+             "targets_reverberant": talker_images[..., self.target_channels],
+             "targets_noise": noise[..., self.target_channels]}
     for key in self.metadata_keys:
       values = np.stack([r[key] for r in records])
       if key in PER_SOURCE_KEYS:

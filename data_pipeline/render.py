@@ -61,7 +61,8 @@ def render_dataset(shards_dir: str, splits: Mapping[str, int], examples_per_shar
     of another hash is refused.
   num_workers: worker processes (default: all cores; 0 or 1 renders in this process).
 
-  Complete shards are kept (resume); half-written ones are deleted and redone.
+  Complete shards are kept (resume) when their files match the size and sha256 that the
+  manifest recorded; half-written, missing or changed ones are redone.
   When all shards exist, TFDS metadata (dataset_info.json, features.json) is
   written next to manifest.json.
   """
@@ -98,7 +99,8 @@ def render_dataset(shards_dir: str, splits: Mapping[str, int], examples_per_shar
         written = shards.write_shard(path, _with_progress(records, bar))
         if written != shard["num_examples"]:
           raise RuntimeError(f"shard {path} got {written} records, expected {shard['num_examples']}")
-        manifest["splits"][split][shard_index]["complete"] = True
+        manifest["splits"][split][shard_index].update(
+            complete=True, size=os.path.getsize(path), sha256=shards.file_sha256(path))
         shards.write_manifest(shards_dir, manifest)
   finally:
     if pool is not None:

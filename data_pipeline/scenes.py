@@ -18,7 +18,8 @@ import numpy as np
 import soundfile
 from scipy import signal
 
-from data_pipeline.array import CHANNEL_NAMES, channel_indices
+from data_pipeline import shards
+from data_pipeline.array import CHANNEL_NAMES, channel_indices, target_mics
 from data_pipeline.rooms import RirBank, build_rir_bank
 
 PEAK_LEVEL = 0.9
@@ -204,12 +205,16 @@ def make_example(config, utterances, speakers, bank: RirBank, rng: np.random.Gen
   if int(bank.sample_rate) != int(data.sample_rate):
     raise ValueError(f"the bank is at {bank.sample_rate} Hz but data.sample_rate={data.sample_rate}; "
                      "rebuild the bank for this config")
-  for name in (data.reference_mic, *data.input_channels):
+  targets_at = target_mics(data)
+  for name in (data.reference_mic, *data.input_channels, *targets_at):
     channel_indices(name)
     if name not in bank.channel_names:
       raise ValueError(f"channel {name!r} has no responses in this bank; use one of "
-                       f"{', '.join(bank.channel_names)} in data.input_channels/reference_mic")
+                       f"{', '.join(bank.channel_names)} in data.input_channels/reference_mic/"
+                       "target_mics")
   reference = channel_indices(data.reference_mic)[0]
+  target_channels = channel_indices(targets_at)
+  direct_channels = [reference] + [m for m in target_channels if m != reference]
   num_samples = int(round(data.segment_seconds * data.sample_rate))
   if num_samples < 1:
     raise ValueError(f"data.segment_seconds={data.segment_seconds} gives {num_samples} samples at "
@@ -227,10 +232,10 @@ def make_example(config, utterances, speakers, bank: RirBank, rng: np.random.Gen
                               what=f"utterance {index}")
                   for index, u in enumerate(utterances)])                          # [S, T]
   reverberant_rirs = np.asarray(bank.reverberant[room, azimuth_indices], np.float32)  # [S, L, M]
-  direct_rirs = np.asarray(bank.direct[room, azimuth_indices, :, reference], np.float32)
-  convolved = _convolve(dry, np.concatenate([reverberant_rirs, direct_rirs[:, :, None]], axis=2),
-                        num_samples)
-  images, direct = convolved[:, :, :-1], convolved[:, :, -1]                      # [S,T,M], [S,T]
+  direct_rirs = np.asarray(bank.direct[room, azimuth_indices][..., direct_channels], np.float32)
+  convolved = _convolve(dry, np.concatenate([reverberant_rirs, direct_rirs], axis=2), num_samples)
+  num_mics = reverberant_rirs.shape[2]
+  images, direct = convolved[:, :, :num_mics], convolved[:, :, num_mics:]         # [S,T,M], [S,T,D]
 
   tir_db = float(rng.uniform(*data.tir_db_range))
   target_rms = _rms(images[0, :, reference])
@@ -255,7 +260,7 @@ def make_example(config, utterances, speakers, bank: RirBank, rng: np.random.Gen
   record = dict(
       mixture=(mixture * gain).astype(np.float16),
       reverberant=(images[:, :, reference] * gain).astype(np.float16),
-      direct=(direct * gain).astype(np.float16),
+      direct=(direct[:, :, 0] * gain).astype(np.float16),
       noise=(noise[:, reference] * gain).astype(np.float16),
       azimuth_deg=azimuths,
       distance_m=np.asarray(bank.distance_m)[room, azimuth_indices].astype(np.float32),
@@ -273,4 +278,9 @@ def make_example(config, utterances, speakers, bank: RirBank, rng: np.random.Gen
   )
   if data.store_images:
     record["images"] = (images * gain).astype(np.float16)
+  if shards.stores_target_fields(targets_at, data.reference_mic):
+    record["reverberant_targets"] = (images[:, :, target_channels] * gain).astype(np.float16)
+    record["direct_targets"] = (direct[:, :, [direct_channels.index(m) for m in target_channels]]
+                                * gain).astype(np.float16)
+    record["noise_targets"] = (noise[:, target_channels] * gain).astype(np.float16)
   return record

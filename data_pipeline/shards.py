@@ -16,14 +16,18 @@ Layout of a rendered dataset::
   <shards_dir>/<split>/spatialsep-<split>.array_record-00003-of-00016
 
 A shard is written to ``<name>.partial``, fsynced and renamed; only then is it
-marked ``complete`` in the manifest. A later render deletes leftover
-``.partial`` files and redoes their shards.
+marked ``complete`` in the manifest, with its size and sha256. A later render deletes
+leftover ``.partial`` files and redoes their shards and every complete shard whose file is
+missing or whose size or checksum differs. Opening a split checks the sizes of its shards
+(``verify_shards`` with ``checksums=True`` reads them all).
 """
 
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -31,7 +35,10 @@ from typing import Any
 import numpy as np
 
 DATASET_NAME = "spatialsep"
-DATASET_VERSION = "1.0.0"
+DATASET_VERSION = "2.0.0"
+# 2: room_index, room-disjoint splits, per-target-mic fields, shard sizes and checksums.
+# Shards of an older record format are refused on open (see check_record_version).
+RECORD_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 PARTIAL_SUFFIX = ".partial"
 TARGET_KINDS = ("direct", "reverberant")
@@ -41,17 +48,46 @@ WRITER_OPTIONS = "group_size:1,uncompressed"
 MANIFEST_REQUIRED_KEYS = (
     "sample_rate", "segment_samples", "channel_names", "reference_mic",
     "num_sources", "speakers")
+# Keys every rendered manifest holds (read_manifest refuses one without them).
+MANIFEST_KEYS = MANIFEST_REQUIRED_KEYS + (
+    "config_hash", "record_version", "target_kinds", "counts", "splits", "examples_per_shard")
+SHARD_KEYS = ("file", "start", "num_examples", "complete")
+GENERIC_RENDER_COMMAND = ("python launch/render.py --config=<the config> (with the same "
+                          "--config.data.* overrides)")
+
+log = logging.getLogger(__name__)
+
+
+class ManifestError(ValueError):
+  """A manifest.json that cannot be used (broken, incomplete, inconsistent, older format)."""
+
+
+class ShardError(ValueError):
+  """A shard file that is missing, truncated or differs from its manifest entry."""
+
+
+def render_command(manifest: Mapping[str, Any] | None) -> str:
+  """The command that (re-)renders a dataset: as recorded at render time, else a template."""
+  return (manifest or {}).get("render_command") or GENERIC_RENDER_COMMAND
 
 
 # ---------------------------------------------------------------- record codec
 
+def stores_target_fields(target_mics: Sequence[str], reference_mic: str) -> bool:
+  """Whether records carry the *_targets fields: only when targets are asked at mics other than
+  (just) the reference mic, whose targets are the reverberant/direct/noise fields already."""
+  return list(target_mics) != [reference_mic]
+
+
 def record_spec(segment_samples: int, num_sources: int, num_channels: int,
-                store_images: bool = False) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+                store_images: bool = False, num_target_mics: int = 0
+                ) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
   """Shape and dtype of every record field (see DESIGN.md, "Example record").
 
-  T = segment_samples, S = num_sources, M = num_channels.
+  T = segment_samples, S = num_sources, M = num_channels, M_t = num_target_mics (0: no
+  *_targets fields).
   """
-  t, s, m = int(segment_samples), int(num_sources), int(num_channels)
+  t, s, m, mt = int(segment_samples), int(num_sources), int(num_channels), int(num_target_mics)
   f16, f32, i32, i64 = (np.dtype(d) for d in ("float16", "float32", "int32", "int64"))
   spec = {
       "mixture": ((t, m), f16),
@@ -74,13 +110,25 @@ def record_spec(segment_samples: int, num_sources: int, num_channels: int,
   }
   if store_images:
     spec["images"] = ((s, t, m), f16)
+  if mt:
+    spec["reverberant_targets"] = ((s, t, mt), f16)
+    spec["direct_targets"] = ((s, t, mt), f16)
+    spec["noise_targets"] = ((t, mt), f16)
   return dict(sorted(spec.items()))
 
 
 def spec_from_manifest(manifest: Mapping[str, Any]) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
   """The record spec of a rendered dataset, from its manifest."""
+  target_mics = manifest_target_mics(manifest)
+  stored = stores_target_fields(target_mics, manifest["reference_mic"])
   return record_spec(manifest["segment_samples"], manifest["num_sources"],
-                     len(manifest["channel_names"]), manifest.get("store_images", False))
+                     len(manifest["channel_names"]), manifest.get("store_images", False),
+                     len(target_mics) if stored else 0)
+
+
+def manifest_target_mics(manifest: Mapping[str, Any]) -> list[str]:
+  """The mics a rendered dataset holds targets at (the reference mic when not recorded)."""
+  return list(manifest.get("target_mics") or [manifest["reference_mic"]])
 
 
 def tfds_features(spec: Mapping[str, tuple[tuple[int, ...], np.dtype]]):
@@ -309,13 +357,96 @@ def manifest_path(shards_dir: str) -> str:
   return os.path.join(shards_dir, MANIFEST_NAME)
 
 
-def read_manifest(shards_dir: str) -> dict[str, Any]:
+def read_manifest(shards_dir: str, validate: bool = True) -> dict[str, Any]:
+  """The manifest of ``shards_dir``; ManifestError (one line naming the file and the render
+  command) when it is not JSON, lacks a key, is of an older record format or its shard list
+  disagrees with its counts. ``validate=False`` only parses it (the renderer, which repairs)."""
   path = manifest_path(shards_dir)
   if not os.path.exists(path):
     raise FileNotFoundError(f"no {MANIFEST_NAME} in {shards_dir!r}; render the dataset first "
                             "(or point data.shards_dir at a rendered one)")
-  with open(path) as f:
-    return json.load(f)
+  try:
+    with open(path, encoding="utf-8") as f:
+      manifest = json.load(f)
+  except (ValueError, UnicodeDecodeError) as error:
+    raise ManifestError(f"{path} is not valid JSON ({error}); re-render the dataset (this "
+                        f"rewrites the manifest): {GENERIC_RENDER_COMMAND}") from None
+  if not isinstance(manifest, dict):
+    raise ManifestError(f"{path} holds a {type(manifest).__name__}, not a manifest object; "
+                        f"re-render the dataset: {GENERIC_RENDER_COMMAND}")
+  if validate:
+    check_manifest_structure(manifest, path)
+  return manifest
+
+
+def check_manifest_structure(manifest: Mapping[str, Any], path: str) -> None:
+  """ManifestError unless ``manifest`` (read from ``path``) is a complete manifest of this record
+  format whose shards cover each split's count exactly, in order."""
+  fix = f"re-render the dataset: {render_command(manifest)}"
+  version = manifest.get("record_version", 1)
+  if not isinstance(version, int) or version < RECORD_VERSION:
+    raise ManifestError(
+        f"{path}: shards of record format v{version}, this code reads v{RECORD_VERSION} "
+        f"(room-disjoint splits, room_index, target mics, shard checksums); {fix} "
+        "(into a new data.shards_dir, or delete the old one)")
+  missing = [key for key in MANIFEST_KEYS if key not in manifest]
+  if missing:
+    raise ManifestError(f"{path} lacks {', '.join(missing)}; {fix}")
+  if not isinstance(manifest["splits"], dict) or not isinstance(manifest["counts"], dict):
+    raise ManifestError(f"{path}: 'splits' and 'counts' must be objects; {fix}")
+  for split, split_shards in manifest["splits"].items():
+    if not isinstance(split_shards, list) or not all(
+        isinstance(shard, dict) and all(k in shard for k in SHARD_KEYS) for shard in split_shards):
+      raise ManifestError(f"{path}: the shard list of split {split!r} lacks "
+                          f"{'/'.join(SHARD_KEYS)} entries; {fix}")
+    start = 0
+    for shard in split_shards:
+      if shard["start"] != start:
+        raise ManifestError(f"{path}: shard {shard['file']} starts at example {shard['start']}, "
+                            f"expected {start}; {fix}")
+      start += shard["num_examples"]
+    if manifest["counts"].get(split) != start:
+      raise ManifestError(f"{path}: split {split!r} has {start} examples in its shards but counts "
+                          f"says {manifest['counts'].get(split)}; {fix}")
+
+
+def file_sha256(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 22), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def shard_problem(shards_dir: str, shard: Mapping[str, Any], checksum: bool = False) -> str | None:
+  """Why a complete shard's file does not match its manifest entry (None when it does): missing,
+  of another size, or (``checksum``) of another sha256. Entries without size/sha256 are not
+  compared on that field."""
+  path = os.path.join(shards_dir, shard["file"])
+  if not os.path.isfile(path):
+    return "missing"
+  size = os.path.getsize(path)
+  if shard.get("size") is not None and size != shard["size"]:
+    kind = "truncated" if size < shard["size"] else "larger than rendered"
+    return f"{kind} ({size} bytes, the manifest says {shard['size']})"
+  if checksum and shard.get("sha256") and file_sha256(path) != shard["sha256"]:
+    return "changed since it was rendered (sha256 differs from the manifest)"
+  return None
+
+
+def verify_shards(shards_dir: str, manifest: Mapping[str, Any], splits: Sequence[str] | None = None,
+                  checksums: bool = False) -> None:
+  """ShardError naming the first complete shard of ``splits`` (default all) that fails
+  ``shard_problem`` and the command that re-renders it."""
+  bad = [(shard["file"], problem)
+         for split in (manifest["splits"] if splits is None else splits)
+         for shard in manifest["splits"].get(split, []) if shard["complete"]
+         for problem in [shard_problem(shards_dir, shard, checksums)] if problem]
+  if bad:
+    others = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+    raise ShardError(f"shard {os.path.join(shards_dir, bad[0][0])} is {bad[0][1]}{others}; "
+                     f"re-render it with {render_command(manifest)} (render.py redoes the shards "
+                     "that fail this check and keeps the others)")
 
 
 def write_manifest(shards_dir: str, manifest: Mapping[str, Any]) -> None:
@@ -352,6 +483,8 @@ def new_manifest(config_hash: str, splits: Mapping[str, int], examples_per_shard
       dataset_name=DATASET_NAME,
       dataset_version=DATASET_VERSION,
       store_images=bool(manifest_extra.get("store_images", False)),
+      record_version=RECORD_VERSION,
+      target_mics=list(manifest_extra.get("target_mics") or [manifest_extra["reference_mic"]]),
       target_kinds=list(TARGET_KINDS),
       record_format="tfds tf.train.Example (Tensor fields, Encoding.BYTES) in ArrayRecord",
       examples_per_shard=int(examples_per_shard),
@@ -370,13 +503,25 @@ def prepare_manifest(shards_dir: str, config_hash: str, splits: Mapping[str, int
                      examples_per_shard: int, manifest_extra: Mapping[str, Any]) -> dict[str, Any]:
   """Opens (resume) or starts the manifest of ``shards_dir`` and clears half-written shards.
 
-  Refuses a directory whose complete shards were rendered from another config.
-  A shard stays complete only if the manifest says so and its file exists.
+  Refuses a directory whose complete shards were rendered from another config. A shard stays
+  complete only if the manifest says so and its file exists with the recorded size and sha256;
+  the others are redone (a broken manifest.json is replaced, and all its shards redone).
   """
   fresh = new_manifest(config_hash, splits, examples_per_shard, manifest_extra)
+  old = None
   if os.path.exists(manifest_path(shards_dir)):
-    old = read_manifest(shards_dir)
-    any_complete = any(s["complete"] for shards in old.get("splits", {}).values() for s in shards)
+    try:
+      old = read_manifest(shards_dir, validate=False)
+    except ManifestError as error:
+      log.warning("%s; rendering every shard afresh", error)
+  if old is not None:
+    try:
+      any_complete = any(s["complete"] for shards in old.get("splits", {}).values()
+                         for s in shards)
+    except (AttributeError, KeyError, TypeError):
+      log.warning("%s has a broken shard list; rendering every shard afresh",
+                  manifest_path(shards_dir))
+      old, any_complete = {}, False
     if old.get("config_hash") != config_hash and any_complete:
       raise ValueError(
           f"{shards_dir!r} holds shards rendered from config hash {old.get('config_hash')!r}, "
@@ -386,10 +531,15 @@ def prepare_manifest(shards_dir: str, config_hash: str, splits: Mapping[str, int
         old_by_file = {s["file"]: s for s in old.get("splits", {}).get(split, [])}
         for shard in shards:
           previous = old_by_file.get(shard["file"])
-          if (previous is not None and previous["complete"]
-              and previous["num_examples"] == shard["num_examples"]
-              and os.path.exists(os.path.join(shards_dir, shard["file"]))):
-            shard["complete"] = True
+          if (previous is None or not previous.get("complete")
+              or previous.get("num_examples") != shard["num_examples"]):
+            continue
+          problem = shard_problem(shards_dir, previous, checksum=True)
+          if problem is None and previous.get("size") is not None and previous.get("sha256"):
+            shard.update(complete=True, size=previous["size"], sha256=previous["sha256"])
+          else:
+            log.warning("re-rendering shard %s: %s", os.path.join(shards_dir, shard["file"]),
+                        problem or "no size/checksum recorded")
   remove_partial_shards(shards_dir)
   write_manifest(shards_dir, fresh)
   return fresh
@@ -454,8 +604,26 @@ def open_split(shards_dir: str, split: str):
   """
   import grain
   manifest = read_manifest(shards_dir)
-  return manifest, grain.sources.ArrayRecordDataSource(split_paths(shards_dir, manifest, split),
-                                                       reader_options=READER_OPTIONS)
+  paths = split_paths(shards_dir, manifest, split)
+  verify_shards(shards_dir, manifest, [split])
+  try:
+    source = grain.sources.ArrayRecordDataSource(paths, reader_options=READER_OPTIONS)
+  except RuntimeError as error:  # ArrayRecord reads every shard's footer here
+    raise unreadable_split(shards_dir, manifest, split, error) from None
+  return manifest, source
+
+
+def unreadable_split(shards_dir: str, manifest: Mapping[str, Any], split: str,
+                     error: Exception) -> ShardError:
+  """The ShardError for a read of ``split`` that failed with ``error``: the shard whose checksum
+  fails when one does (all of the split's shards are hashed), else the error itself."""
+  try:
+    verify_shards(shards_dir, manifest, [split], checksums=True)
+  except ShardError as named:
+    return named
+  first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+  return ShardError(f"reading split {split!r} of {shards_dir} failed ({first_line}); re-render it "
+                    f"with {render_command(manifest)}")
 
 
 def keep_freed_memory() -> bool:

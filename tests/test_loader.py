@@ -192,6 +192,7 @@ def test_dynamic_mixing_needs_images(tmp_path):
     ("input_channels", ("L_front", "chin"), "chin"),
     ("reference_mic", "R_tmic", "reference mic"),
     ("target", "dry", "dry"),
+    ("target_mics", ("L_tmic", "R_tmic"), "target_mics"),
 ])
 def test_check_manifest_names_the_mismatch(shards_dir, field, value, message):
   manifest = shards.read_manifest(shards_dir)
@@ -267,3 +268,59 @@ def test_dynamic_mixing_never_pairs_a_speaker_with_themself(tmp_path):
                                  record["reverberant"][1].astype(np.float32)
                                  / np.abs(record["reverberant"][1].astype(np.float32)).max(), atol=1e-3)
   assert remixed > len(batches) * 6 // 2  # most slots do get another mixture's talker
+
+
+BINAURAL = ("L_tmic", "R_tmic")
+
+
+@pytest.fixture(scope="module")
+def binaural_dir(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp("binaural"))
+  render.render_dataset(path, {"train": 8, "val": 3}, 3,
+                        functools.partial(fake_example, store_images=True, target_mics=BINAURAL),
+                        manifest_extra(store_images=True, target_mics=list(BINAURAL)), "hash",
+                        num_workers=0, progress=False)
+  return path
+
+
+def test_per_mic_targets_from_both_backends(binaural_dir, shards_dir):
+  for directory, mics in ((binaural_dir, BINAURAL), (shards_dir, ())):
+    per_backend = []
+    for backend in ("tfdata", "grain"):
+      config = make_config(loader=backend, target_mics=mics)
+      per_backend.append(take(loader.make_loader(config, directory, "train", train=True,
+                                                 batch_size=4, process_index=0,
+                                                 process_count=1), 2))
+    assert_batches_equal(*per_backend)
+    batch = per_backend[1][0]
+    m_t = len(mics) or 1
+    assert batch["targets_direct"].shape == (4, 2, SEGMENT, m_t)
+    assert batch["targets_reverberant"].shape == (4, 2, SEGMENT, m_t)
+    assert batch["targets_noise"].shape == (4, SEGMENT, m_t)
+    assert batch["sources"].shape == (4, 2, SEGMENT) and batch["noise"].shape == (4, SEGMENT)
+    channels = [CHANNELS.index(c) for c in (mics or ("L_tmic",))]
+    for i, example_id in enumerate(batch["example_id"]):
+      record = fake_example("train", int(example_id), store_images=True)
+      images = record["images"].astype(np.float32)
+      np.testing.assert_array_equal(batch["targets_reverberant"][i], images[:, :, channels])
+      np.testing.assert_array_equal(batch["targets_direct"][i],
+                                    (0.5 * record["images"][:, :, channels]).astype(np.float16)
+                                    .astype(np.float32))
+      noise = (record["mixture"].astype(np.float32) - images.sum(0))[:, channels]
+      np.testing.assert_allclose(batch["targets_noise"][i], noise, atol=2e-3)
+      np.testing.assert_array_equal(batch["sources"][i], record["reverberant"].astype(np.float32))
+
+
+def test_dynamic_mixing_keeps_per_mic_targets_consistent(binaural_dir):
+  config = make_config(loader="grain", dynamic_mixing=True, target_mics=BINAURAL,
+                       input_channels=CHANNELS)
+  batch = next(loader.make_loader(config, binaural_dir, "train", train=True, batch_size=4,
+                                  process_index=0, process_count=1))
+  for j, mic in enumerate(BINAURAL):
+    channel = CHANNELS.index(mic)
+    np.testing.assert_allclose(batch["mixture"][..., channel],
+                               batch["targets_reverberant"][..., j].sum(1)
+                               + batch["targets_noise"][..., j], atol=1e-5)
+  np.testing.assert_allclose(batch["targets_reverberant"][..., 0], batch["sources"], atol=1e-6)
+  # The direct targets carry the same gains as the reverberant ones (fake direct = images / 2).
+  np.testing.assert_allclose(batch["targets_direct"], 0.5 * batch["targets_reverberant"], atol=1e-3)

@@ -109,3 +109,24 @@ def test_quiet_crops_are_redrawn_then_refused(smoke_dataset):
   config.data.min_crop_level_db = 30.0  # louder than any crop can be
   with pytest.raises(ValueError, match="16 draws.*min_crop_level_db"):
     dataset._make_example(config.to_json(), "val", 2)
+
+
+def test_render_redoes_damaged_shards_and_a_broken_manifest(clean_render, tmp_path):
+  render_into(tmp_path, num_workers=0)
+  manifest = shards.read_manifest(str(tmp_path))
+  train = manifest["splits"]["train"]
+  with open(tmp_path / train[0]["file"], "r+b") as f:  # truncated
+    f.truncate(train[0]["size"] - 10)
+  os.remove(tmp_path / train[1]["file"])                # deleted
+  data = bytearray((tmp_path / train[2]["file"]).read_bytes())
+  data[-100] ^= 0x01                                     # overwritten, same size
+  (tmp_path / train[2]["file"]).write_bytes(bytes(data))
+  kept = tmp_path / train[3]["file"]
+  kept_mtime = os.stat(kept).st_mtime_ns
+  render_into(tmp_path, num_workers=0)
+  assert shard_bytes(str(tmp_path)) == shard_bytes(str(clean_render))
+  assert os.stat(kept).st_mtime_ns == kept_mtime
+  (tmp_path / "manifest.json").write_text('{"splits": ')  # torn manifest: everything redone
+  render_into(tmp_path, num_workers=0)
+  assert shard_bytes(str(tmp_path)) == shard_bytes(str(clean_render))
+  shards.verify_shards(str(tmp_path), shards.read_manifest(str(tmp_path)), checksums=True)

@@ -196,3 +196,32 @@ def test_quiet_utterance_is_refused_not_amplified(setup):
       example(setup, 0, "train", 0)
   finally:
     config.data.segment_seconds = 1.0
+
+
+def test_targets_at_every_target_mic(setup):
+  config, bank, _ = setup
+  config.data.update(target_mics=("L_tmic", "R_tmic"), store_images=True, noise="diffuse")
+  try:
+    record = example(setup, 2, "test", 0)
+  finally:
+    config.data.update(target_mics=(), store_images=False, noise="none")
+  t = 8000
+  for key, shape in (("reverberant_targets", (2, t, 2)), ("direct_targets", (2, t, 2)),
+                     ("noise_targets", (t, 2))):
+    assert record[key].shape == shape and record[key].dtype == np.float16, key
+  f32 = lambda key: record[key].astype(np.float32)
+  np.testing.assert_array_equal(f32("reverberant_targets")[..., 0], f32("reverberant"))
+  np.testing.assert_array_equal(f32("reverberant_targets"), f32("images")[..., [2, 5]])
+  np.testing.assert_array_equal(f32("direct_targets")[..., 0], f32("direct"))
+  np.testing.assert_array_equal(f32("noise_targets")[:, 0], f32("noise"))
+  assert np.any(record["noise_targets"][:, 1] != record["noise_targets"][:, 0])
+  # Both ears' direct paths are one dry crop through the left / right responses, so (by
+  # commutativity) left * h_right == right * h_left over the segment.
+  room = int(record["room_index"])
+  for s in range(2):
+    a = int(np.flatnonzero(bank.azimuths_deg == record["azimuth_deg"][s])[0])
+    left, right = f32("direct_targets")[s, :, 0], f32("direct_targets")[s, :, 1]
+    h_left, h_right = bank.direct[room, a, :, 2], bank.direct[room, a, :, 5]
+    one = np.convolve(left, h_right)[:t]
+    other = np.convolve(right, h_left)[:t]
+    assert np.max(np.abs(one - other)) < 2e-3 * np.max(np.abs(one))

@@ -18,11 +18,12 @@ SOURCES = 2
 
 def fake_example(split: str, index: int, segment_samples: int = SEGMENT,
                  num_sources: int = SOURCES, num_channels: int = 6,
-                 store_images: bool = False, noise: bool = True) -> dict:
+                 store_images: bool = False, noise: bool = True, target_mics=None) -> dict:
   """A deterministic record of the DESIGN.md shape whose mixture is consistent with its parts.
 
   mixture[:, m] = sum_s images[s, :, m] + noise_m, with the reference mic (index 2)
-  noise equal to `noise`; reverberant[s] = images[s, :, 2].
+  noise equal to `noise`; reverberant[s] = images[s, :, 2]; direct = images / 2. With
+  `target_mics` (names) the *_targets fields hold the same at those mics.
   """
   rng = np.random.default_rng((index, zlib.crc32(split.encode())))
   t, s, m = segment_samples, num_sources, num_channels
@@ -49,6 +50,11 @@ def fake_example(split: str, index: int, segment_samples: int = SEGMENT,
       example_id=np.int64(index))
   if store_images:
     record["images"] = images
+  if target_mics:
+    mics = [CHANNELS.index(name) for name in target_mics]
+    record["reverberant_targets"] = images[:, :, mics]
+    record["direct_targets"] = (0.5 * images[:, :, mics]).astype(np.float16)
+    record["noise_targets"] = noise_multi[:, mics]
   return record
 
 
@@ -125,8 +131,10 @@ def test_manifest_refuses_other_config_hash(tmp_path):
       "train/spatialsep-train.array_record-00001-of-00002"]
   # No complete shard yet: another hash may take the directory over.
   manifest = shards.prepare_manifest(str(tmp_path), "hashB", {"train": 4}, 2, extra)
-  shards.write_shard(os.path.join(str(tmp_path), manifest["splits"]["train"][0]["file"]), iter([]))
-  manifest["splits"]["train"][0]["complete"] = True
+  path = os.path.join(str(tmp_path), manifest["splits"]["train"][0]["file"])
+  shards.write_shard(path, iter([]))
+  manifest["splits"]["train"][0].update(complete=True, size=os.path.getsize(path),
+                                        sha256=shards.file_sha256(path))
   shards.write_manifest(str(tmp_path), manifest)
   with pytest.raises(ValueError, match="pick another data.shards_dir"):
     shards.prepare_manifest(str(tmp_path), "hashC", {"train": 4}, 2, extra)
@@ -235,3 +243,89 @@ def test_keep_freed_memory_is_idempotent():
   assert shards.keep_freed_memory() is first
   if sys.platform == "linux" and os.path.exists("/lib/x86_64-linux-gnu/libc.so.6"):
     assert first  # glibc accepted both thresholds
+
+
+def rendered(tmp_path, splits=None, **extra):
+  from data_pipeline import render
+  import functools
+  render.render_dataset(str(tmp_path), splits or {"train": 4, "val": 2}, 2,
+                        functools.partial(fake_example), manifest_extra(**extra), "hash",
+                        num_workers=0, progress=False)
+  return str(tmp_path)
+
+
+def edit_manifest(directory, change):
+  path = os.path.join(directory, "manifest.json")
+  with open(path) as f:
+    manifest = json.load(f)
+  change(manifest)
+  with open(path, "w") as f:
+    json.dump(manifest, f)
+  return path
+
+
+def one_line_error(function, *args, match):
+  with pytest.raises(ValueError, match=match) as info:
+    function(*args)
+  assert "\n" not in str(info.value), str(info.value)
+  return str(info.value)
+
+
+def test_manifest_records_version_sizes_and_checksums(tmp_path):
+  directory = rendered(tmp_path, render_command="python launch/render.py --config=x.py")
+  manifest = shards.read_manifest(directory)
+  assert manifest["record_version"] == shards.RECORD_VERSION
+  assert manifest["target_mics"] == ["L_tmic"]
+  for shard in manifest["splits"]["train"]:
+    path = os.path.join(directory, shard["file"])
+    assert shard["size"] == os.path.getsize(path)
+    import hashlib
+    assert shard["sha256"] == hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda m: m.pop("record_version"), r"record format v1.*launch/render.py --config=x.py"),
+    (lambda m: m.update(record_version=1), r"record format v1"),
+    (lambda m: m.pop("sample_rate"), r"lacks sample_rate"),
+    (lambda m: m["counts"].update(train=5), r"split 'train' has 4 examples.*counts says 5"),
+    (lambda m: m["splits"]["val"][0].pop("num_examples"), r"shard list of split 'val'"),
+    (lambda m: m["splits"]["train"][1].update(start=3), r"starts at example 3, expected 2"),
+])
+def test_bad_manifest_is_one_line_naming_the_file(tmp_path, change, match):
+  directory = rendered(tmp_path, render_command="python launch/render.py --config=x.py")
+  path = edit_manifest(directory, change)
+  message = one_line_error(shards.read_manifest, directory, match=match)
+  assert path in message and "render" in message
+
+
+@pytest.mark.parametrize("content", ["", "{\"splits\": [", "[1, 2]", "\xff\xfe"])
+def test_broken_manifest_json_names_the_file(tmp_path, content):
+  directory = rendered(tmp_path)
+  with open(os.path.join(directory, "manifest.json"), "w", encoding="latin-1") as f:
+    f.write(content)
+  message = one_line_error(shards.read_manifest, directory, match="manifest.json")
+  assert "launch/render.py" in message and "Expecting value" not in message.split(";")[1]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete", "overwrite"])
+def test_damaged_shard_is_named_with_the_render_command(tmp_path, damage):
+  directory = rendered(tmp_path, render_command="python launch/render.py --config=x.py")
+  manifest = shards.read_manifest(directory)
+  shard = manifest["splits"]["train"][1]
+  path = os.path.join(directory, shard["file"])
+  if damage == "truncate":
+    with open(path, "r+b") as f:
+      f.truncate(shard["size"] // 2)
+  elif damage == "delete":
+    os.remove(path)
+  else:
+    data = bytearray(open(path, "rb").read())
+    data[len(data) // 2] ^= 0xFF
+    open(path, "wb").write(bytes(data))
+  expected = {"truncate": "truncated", "delete": "missing", "overwrite": "sha256"}[damage]
+  if damage == "overwrite":  # same size: the size check passes, the checksum does not
+    one_line_error(shards.verify_shards, directory, manifest, ["train"], True,
+                   match=expected)
+  message = one_line_error(shards.open_split, directory, "train", match=expected)
+  assert path in message and "launch/render.py --config=x.py" in message
+  shards.open_split(directory, "val")  # the other split is unaffected
