@@ -203,7 +203,7 @@ def test_depthwise_impls_agree_with_numpy_and_each_other(length, stride):
     loss = lambda x_, k_: jnp.sum(jnp.sin(layers.depthwise_conv1d(x_, k_, stride, impl)))
     grads[impl] = jax.grad(loss, argnums=(0, 1))(jnp.asarray(x), jnp.asarray(kernel))
     np.testing.assert_allclose(outputs[impl], want, atol=1e-5)
-  for impl in ("xla", "slices_vjp"):
+  for impl in ("xla", "slices_vjp", "pallas"):
     for got, other in zip(grads["slices"], grads[impl]):
       np.testing.assert_allclose(got, other, atol=1e-5)
 
@@ -290,7 +290,10 @@ def _unrolled_to_scanned(params, num_blocks):
                                        dict(norm_impl="fused_partials", scan_blocks=True,
                                             remat="dots"),
                                        dict(depthwise_impl="slices_vjp", norm_impl="fused"),
-                                       dict(remat="block", remat_blocks=1)])
+                                       dict(remat="block", remat_blocks=1),
+                                       dict(depthwise_impl="pallas"),
+                                       dict(uconv_impl="pallas", norm_impl="fused",
+                                            remat="block", remat_blocks=1)])
 def test_speed_variants_compute_the_same_function(overrides):
   """Fused norms, rematerialisation and scanned blocks change speed and memory only."""
   config = make_config(TWO, ("ipd",))

@@ -13,8 +13,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-DEPTHWISE_IMPLS = ("slices", "xla", "slices_vjp")
+from spatialsep_jax.models import pallas_uconv
+
+DEPTHWISE_IMPLS = ("slices", "xla", "slices_vjp", "pallas")
 NORM_IMPLS = ("autodiff", "fused", "fused_partials")
+# How a U-ConvBlock computes its depthwise levels (conv + bias + global layer norm): 'xla'
+# as separate DepthwiseConv and GlobalLayerNorm layers (their own impl options), 'pallas'
+# as one fused Pallas function per level (`pallas_uconv.depthwise_norm`, the 'fused' norm's
+# function). Same parameters either way.
+UCONV_IMPLS = ("xla", "pallas")
+GLN_EPS = 1e-8
 
 
 def torch_uniform_init(fan_in: int):
@@ -44,8 +52,9 @@ def depthwise_conv1d(x: jax.Array, kernel: jax.Array, stride: int = 1,
     impl: 'xla' (grouped `conv_general_dilated`), 'slices' (sum of K shifted
       strided slices scaled per channel; XLA fuses it into one loop and its
       backward pass avoids XLA's slow grouped-conv gradient on GPU,
-      jax-ml/jax issue 13800), or 'slices_vjp' ('slices' with a hand-written
-      backward in the same gather form).
+      jax-ml/jax issue 13800), 'slices_vjp' ('slices' with a hand-written
+      backward in the same gather form), or 'pallas' (Pallas kernels for the forward
+      and for a backward that reads (x, grad) once; `pallas_uconv.depthwise_conv`).
   Returns:
     `[B, (L + 2 p - K) // stride + 1, C]` with `p = (K - 1) // 2`, dtype of `x`.
   """
@@ -60,6 +69,8 @@ def depthwise_conv1d(x: jax.Array, kernel: jax.Array, stride: int = 1,
         dimension_numbers=("NWC", "WIO", "NWC"), feature_group_count=channels)
   if impl == "slices_vjp":
     return _depthwise_slices_vjp(x, kernel, stride)
+  if impl == "pallas":
+    return pallas_uconv.depthwise_conv(x, kernel, stride)
   if impl != "slices":
     raise ValueError(f"unknown depthwise impl {impl!r}; use one of {DEPTHWISE_IMPLS}")
   return _depthwise_slices(x, kernel, stride)
@@ -234,15 +245,13 @@ class GlobalLayerNorm(nn.Module):
   same function with one-pass statistics and a hand-written VJP (fewer HBM passes);
   'fused_partials' as 'fused' with all backward sums from one read of (x, grad).
   """
-  eps: float = 1e-8
+  eps: float = GLN_EPS
   dtype: Any = jnp.float32
   impl: str = "autodiff"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    channels = x.shape[-1]
-    scale = self.param("scale", nn.initializers.ones, (channels,), jnp.float32)
-    bias = self.param("bias", nn.initializers.zeros, (channels,), jnp.float32)
+    scale, bias = _norm_params(self, x.shape[-1])
     if self.impl == "fused":
       return fused_global_layer_norm(x, scale, bias, self.eps, jnp.dtype(self.dtype))
     if self.impl == "fused_partials":
@@ -254,6 +263,18 @@ class GlobalLayerNorm(nn.Module):
     var = jnp.mean(jnp.square(x32 - mean), axis=(1, 2), keepdims=True)
     normed = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
     return (normed * scale + bias).astype(self.dtype)
+
+
+def _norm_params(module: nn.Module, channels: int) -> tuple[jax.Array, jax.Array]:
+  return (module.param("scale", nn.initializers.ones, (channels,), jnp.float32),
+          module.param("bias", nn.initializers.zeros, (channels,), jnp.float32))
+
+
+def _depthwise_params(module: nn.Module, kernel_size: int,
+                      channels: int) -> tuple[jax.Array, jax.Array]:
+  init = torch_uniform_init(kernel_size)
+  return (module.param("kernel", init, (kernel_size, channels), jnp.float32),
+          module.param("bias", init, (channels,), jnp.float32))
 
 
 class PReLU(nn.Module):
@@ -288,9 +309,32 @@ class DepthwiseConv(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    channels = x.shape[-1]
-    init = torch_uniform_init(self.kernel_size)
-    kernel = self.param("kernel", init, (self.kernel_size, channels), jnp.float32)
-    bias = self.param("bias", init, (channels,), jnp.float32)
+    kernel, bias = _depthwise_params(self, self.kernel_size, x.shape[-1])
     out = depthwise_conv1d(x.astype(self.dtype), kernel, self.stride, self.impl)
     return out + bias.astype(self.dtype)
+
+
+class DepthwiseNormParams(nn.Module):
+  """The parameters of a `DepthwiseConv` (`kind='conv'`: kernel [K, C], bias [C]) or of a
+  `GlobalLayerNorm` (`kind='norm'`: scale, bias), created under this module's name exactly
+  as those layers create them, for fused functions that take both."""
+  kind: str
+  kernel_size: int = 5
+
+  @nn.compact
+  def __call__(self, channels: int) -> tuple[jax.Array, jax.Array]:
+    if self.kind == "conv":
+      return _depthwise_params(self, self.kernel_size, channels)
+    return _norm_params(self, channels)
+
+
+def depthwise_norm_level(x: jax.Array, kernel_size: int, stride: int, dtype: Any,
+                         conv_name: str, norm_name: str) -> jax.Array:
+  """`GlobalLayerNorm(DepthwiseConv(x))` (the norm's 'fused' function) as one fused Pallas
+  function, with the parameters of those two layers under `conv_name` and `norm_name`.
+  Call inside a compact module."""
+  channels = x.shape[-1]
+  kernel, bias = DepthwiseNormParams("conv", kernel_size, name=conv_name)(channels)
+  scale, norm_bias = DepthwiseNormParams("norm", name=norm_name)(channels)
+  return pallas_uconv.depthwise_norm(x.astype(dtype), kernel, bias, scale, norm_bias,
+                                     stride, GLN_EPS)

@@ -86,6 +86,7 @@ class UConvBlock(nn.Module):
   depthwise_impl: str = "slices"
   dtype: Any = jnp.float32
   norm_impl: str = "autodiff"
+  uconv_impl: str = "xla"  # 'pallas': each depthwise level (conv + GLN) one fused function
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -95,6 +96,13 @@ class UConvBlock(nn.Module):
     y = layers.PReLU(dtype=self.dtype, name="expand_act")(y)
     levels = []
     for level in range(self.upsampling_depth):
+      if self.uconv_impl == "pallas":
+        levels.append(layers.depthwise_norm_level(
+            levels[-1] if levels else y, self.dw_kernel, 1 if level == 0 else 2, self.dtype,
+            f"depthwise_{level}", f"depthwise_norm_{level}"))
+        continue
+      if self.uconv_impl != "xla":
+        raise ValueError(f"unknown uconv impl {self.uconv_impl!r}; use one of {layers.UCONV_IMPLS}")
       y = layers.DepthwiseConv(self.dw_kernel, stride=1 if level == 0 else 2,
                                impl=self.depthwise_impl, dtype=self.dtype,
                                name=f"depthwise_{level}")(levels[-1] if levels else y)
@@ -195,6 +203,7 @@ class SuDORMRF(nn.Module):
   dtype: Any = jnp.float32
   depthwise_impl: str = "slices"
   norm_impl: str = "autodiff"
+  uconv_impl: str = "xla"
   remat: str = "none"
   remat_blocks: int = -1
   scan_blocks: bool = False
@@ -302,7 +311,7 @@ class SuDORMRF(nn.Module):
                        f"{self.num_blocks} blocks, which needs model.scan_blocks=False")
     make = lambda block_class, **kw: block_class(
         self.block_channels, self.upsampling_depth, self.dw_kernel, self.depthwise_impl,
-        self.dtype, self.norm_impl, **kw)
+        self.dtype, self.norm_impl, uconv_impl=self.uconv_impl, **kw)
     if not self.scan_blocks:
       for index in range(self.num_blocks):
         block_class = rematted if index < num_rematted else UConvBlock
