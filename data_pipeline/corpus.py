@@ -21,8 +21,8 @@ the folder layout (`data.corpus_layout`):
   auto         the first of librispeech, vctk, wsj0 that matches at least 90% of
                the audio files, else flat.
 
-Every file is validated once (unreadable, empty, silent, clipped, unreadable
-sample rate); the scan is cached as json in the cache folder and re-used for
+Every file is validated once (unreadable, empty, non-finite or out-of-range
+[-1, 1] samples, silent, clipped, unreadable sample rate); the scan is cached as json in the cache folder and re-used for
 files whose size and modification time did not change.
 """
 
@@ -51,7 +51,7 @@ FULL_SCALE = 0.999
 F0_MIN_HZ = 50.0
 F0_MAX_HZ = 450.0
 F0_ANALYSIS_SECONDS = 10.0
-SCAN_VERSION = 1
+SCAN_VERSION = 2  # 2: non-finite and out-of-range samples are skipped
 LAYOUT_MATCH_FRACTION = 0.9
 
 _LIBRISPEECH_RE = re.compile(r"(?:^|/)(\d+)/(\d+)/\1-\2-\d+\.(?:flac|wav)$", re.IGNORECASE)
@@ -169,6 +169,10 @@ def _check_waveform(waveform: np.ndarray) -> str | None:
   """Reason to skip `[T]` audio in [-1, 1], or None when it is usable."""
   if waveform.size == 0:
     return "empty"
+  if not np.all(np.isfinite(waveform)):
+    return "non-finite samples"
+  if np.max(np.abs(waveform)) > 1.0:
+    return "out-of-range samples"
   rms = float(np.sqrt(np.mean(np.square(waveform, dtype=np.float64))))
   if rms <= 0.0 or 20.0 * math.log10(rms) < SILENCE_DBFS:
     return "silent"
@@ -344,7 +348,10 @@ class FolderCorpus(Corpus):
     self.speakers = [
         Speaker(s, sexes.get(s, -1), float(np.mean(f0_by_speaker[s])) if f0_by_speaker[s]
                 else math.nan) for s in sorted(by_speaker)]
-    split_ids = split_speakers_by_hash(list(by_speaker), speaker_split, seed)
+    try:
+      split_ids = split_speakers_by_hash(list(by_speaker), speaker_split, seed)
+    except ValueError as error:
+      raise ValueError(f"{self.root}: {error} ({self.usable_summary()})") from None
     self._splits = {split: sorted((u for s in ids for u in by_speaker[s]), key=lambda u: u.key)
                     for split, ids in split_ids.items()}
     summary = ", ".join(f"{reason}: {count}" for reason, count in sorted(self.skipped.items()))
@@ -353,6 +360,13 @@ class FolderCorpus(Corpus):
             "skipped %d files%s", self.root, self.layout, len(self._native_rates),
             len(self.speakers), *(len(split_ids[s]) for s in SPLITS),
             sum(self.skipped.values()), f" ({summary})" if summary else "")
+
+  def usable_summary(self) -> str:
+    """'12 usable files of 20; skipped 8 (non-finite samples: 5, silent: 3)'."""
+    skipped = sum(self.skipped.values())
+    reasons = ", ".join(f"{reason}: {count}" for reason, count in sorted(self.skipped.items()))
+    return (f"{len(self._native_rates)} usable files of {len(self._native_rates) + skipped}; "
+            f"skipped {skipped}" + (f" ({reasons})" if reasons else ""))
 
   def _list_files(self) -> tuple[list[str], list[str]]:
     audio, other = [], []
@@ -401,7 +415,14 @@ class FolderCorpus(Corpus):
     if utt.key not in self._native_rates:
       raise ValueError(f"{utt.key} is not a usable file of this corpus; take utterances from "
                        "corpus.utterances(split)")
-    waveform, rate = soundfile.read(utt.key, dtype="float32", always_2d=True)
+    if not os.path.isfile(utt.key):
+      raise FileNotFoundError(f"corpus file {utt.key} is missing (it was there when the corpus "
+                              "was scanned); restore it, or render again to re-scan the corpus")
+    try:
+      waveform, rate = soundfile.read(utt.key, dtype="float32", always_2d=True)
+    except (soundfile.LibsndfileError, RuntimeError) as error:
+      raise ValueError(f"corpus file {utt.key} can no longer be read ({error}); restore it, or "
+                       "render again to re-scan the corpus") from None
     return resample(waveform[:, 0], rate, self.sample_rate)
 
 

@@ -133,8 +133,10 @@ def render(config, directory: str | None = None, num_workers: int | None = None,
     log.info("corpus files skipped: %s", dict(corpus.skipped))
   for split in SPLITS:
     if len({u.speaker_id for u in corpus.utterances(split)}) < config.data.num_sources:
+      usable = f" ({corpus.usable_summary()})" if hasattr(corpus, "usable_summary") else ""
       raise ValueError(f"the {split} split of the corpus has fewer than "
-                       f"{config.data.num_sources} speakers; add speakers or change the split")
+                       f"{config.data.num_sources} speakers{usable}; add speakers or change the "
+                       "split")
   bank = scenes.load_bank(config, cache_dir(config), num_workers=num_workers or 0,
                          progress=progress)
   speakers = [dict(id=s.speaker_id, sex=int(s.sex), f0=float(s.f0_hz)) for s in corpus.speakers]

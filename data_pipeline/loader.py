@@ -166,6 +166,10 @@ class BatchAssembler:
     check_manifest(config, self.manifest)
     shards.split_paths(shards_dir, self.manifest, split)  # fail early on a missing/partial split
     self.num_examples = int(sum(s["num_examples"] for s in self.manifest["splits"][split]))
+    if train and self.num_examples < batch_size:
+      raise ValueError(f"the {split} split of {shards_dir} has {self.num_examples} examples, fewer "
+                       f"than the training batch size {batch_size}; lower train.batch_size or "
+                       f"render more examples (data.num_examples.{split})")
     self.spec = shards.spec_from_manifest(self.manifest)
     self.batch_size, self.seed = batch_size, int(config.seed)
     self.process_index, self.process_count = process_index, process_count

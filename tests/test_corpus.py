@@ -264,3 +264,43 @@ def test_espeak_config_errors(tmp_path):
   data.espeak.split_speakers = (4, 1, 1)
   with pytest.raises(ValueError, match="at least 2 speakers"):
     corpus.build_corpus(data, str(tmp_path), seed=0)
+
+
+def test_nonfinite_and_out_of_range_files_are_skipped_and_counted(tmp_path):
+  root, ids = _librispeech(tmp_path)
+  bad = {"nan": np.nan, "inf": np.inf, "loud": 1.5}
+  for n, (name, value) in enumerate(bad.items()):
+    waveform = _tone(150)
+    waveform[100 + n] = value
+    soundfile.write(str(root / str(ids[n]) / "198" / f"{ids[n]}-198-{9000 + n}.wav"), waveform,
+                    RATE, subtype="FLOAT")
+  c = _build(root, tmp_path)
+  assert c.skipped == {"non-finite samples": 2, "out-of-range samples": 1}
+  keys = [u.key for split in corpus.SPLITS for u in c.utterances(split)]
+  assert len(keys) == 2 * len(ids) and not any("-198-9" in key for key in keys)
+
+
+def test_no_usable_speakers_message_gives_the_skip_counts(tmp_path):
+  root = tmp_path / "flat"
+  os.makedirs(root)
+  for n in range(4):
+    waveform = _tone(120 + 10 * n)
+    waveform[10] = np.nan
+    soundfile.write(str(root / f"s{n}_a.wav"), waveform, RATE, subtype="FLOAT")
+  soundfile.write(str(root / "s9_a.wav"), np.zeros(800, np.float32), RATE)
+  with pytest.raises(ValueError, match=r"0 speakers.*0 usable files of 5; skipped 5 "
+                                       r"\(non-finite samples: 4, silent: 1\)"):
+    _build(root, tmp_path)
+
+
+def test_missing_file_at_load_names_it(tmp_path):
+  root, _ = _librispeech(tmp_path)
+  c = _build(root, tmp_path)
+  utterance = c.utterances("train")[0]
+  os.remove(utterance.key)
+  with pytest.raises(FileNotFoundError, match=f"corpus file {utterance.key} is missing"):
+    c.load(utterance)
+  with open(utterance.key, "wb") as f:
+    f.write(b"not audio at all")
+  with pytest.raises(ValueError, match=f"corpus file {utterance.key} can no longer be read"):
+    c.load(utterance)

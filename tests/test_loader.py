@@ -324,3 +324,14 @@ def test_dynamic_mixing_keeps_per_mic_targets_consistent(binaural_dir):
   np.testing.assert_allclose(batch["targets_reverberant"][..., 0], batch["sources"], atol=1e-6)
   # The direct targets carry the same gains as the reverberant ones (fake direct = images / 2).
   np.testing.assert_allclose(batch["targets_direct"], 0.5 * batch["targets_reverberant"], atol=1e-3)
+
+
+@pytest.mark.parametrize("backend", ["tfdata", "grain"])
+def test_fewer_train_examples_than_the_batch_is_refused_up_front(shards_dir, backend):
+  with pytest.raises(ValueError, match=f"has {NUM_TRAIN} examples, fewer than the training batch "
+                                       f"size {NUM_TRAIN + 2}; lower train.batch_size"):
+    loader.make_loader(make_config(loader=backend), shards_dir, "train", train=True,
+                       batch_size=NUM_TRAIN + 2, process_index=0, process_count=1)
+  evaluation = loader.make_loader(make_config(loader=backend), shards_dir, "val", train=False,
+                                  batch_size=NUM_VAL + 2, process_index=0, process_count=1)
+  assert [len(b["example_id"]) for b in evaluation] == [NUM_VAL]  # one short eval batch is fine

@@ -130,3 +130,30 @@ def test_render_redoes_damaged_shards_and_a_broken_manifest(clean_render, tmp_pa
   render_into(tmp_path, num_workers=0)
   assert shard_bytes(str(tmp_path)) == shard_bytes(str(clean_render))
   shards.verify_shards(str(tmp_path), shards.read_manifest(str(tmp_path)), checksums=True)
+
+
+def unknown_sex_example(split, index):
+  record = fake_example(split, index)
+  record["speaker_sex"] = np.array([-1, -1], np.int32)
+  return record
+
+
+def test_summary_says_unknown_for_speakers_of_unknown_sex(tmp_path):
+  from configs import base
+  from data_pipeline import summarize
+  render.render_dataset(str(tmp_path), {"train": 3}, 3, unknown_sex_example, manifest_extra(),
+                        "h", num_workers=0, progress=False)
+  text = summarize.summary_text(base.get_base_config("smoke"), str(tmp_path), plot=False)
+  assert "sex unknown" in text and "same-sex" not in text and "rooms" in text
+  sexes = np.array([[0, 0], [0, 1], [1, -1], [-1, -1], [1, 1]])
+  assert summarize.sex_pairing(sexes) == "same-sex pairs 67% of 3 with known sexes"
+  assert summarize.sex_pairing(sexes[[0, 1]]) == "same-sex pairs 50%"
+
+
+def test_segment_seconds_zero_is_named(tmp_path):
+  from configs import base
+  from data_pipeline import dataset
+  config = base.get_base_config("smoke")
+  config.data.segment_seconds = 0.0
+  with pytest.raises(ValueError, match=r"data.segment_seconds=0.0 gives 0 samples.*> 0"):
+    dataset.render(config, str(tmp_path), num_workers=0, progress=False)
