@@ -16,6 +16,12 @@ Accepted inputs (`data.measured_dir`):
 Responses are resampled to the configured rate (scipy.signal.resample_poly) and padded/truncated
 to `data.rir_length_seconds`. Without anechoic responses the direct path is the response within
 +-2.5 ms of its main peak (the window also used for the direct-to-reverberant ratio).
+
+Each room name (wav prefix or SOFA file) is one bank room, so the train/val/test splits get
+disjoint measured rooms like simulated ones (`scenes.split_rooms`). Fewer than 3 rooms (e.g. one
+SOFA file) cannot be split that way: rendering stops with a one-line error unless
+`data.share_rooms_across_splits=True`, with which every split uses every measured response (the
+test scores are then on responses seen in training).
 """
 
 import fractions

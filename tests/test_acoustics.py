@@ -1,6 +1,7 @@
 """Head shadow, head-filtered image-source RIRs, the RIR bank cache and measured responses."""
 
 import json
+import os
 
 import h5py
 import numpy as np
@@ -196,3 +197,39 @@ def test_sofa_round_trip(tmp_path):
   expected = signal.resample_poly(impulses[1].T, 1, 2, axis=0)[:80]
   np.testing.assert_allclose(bank.reverberant[0, 2, :48], expected[:48], atol=1e-5)
   np.testing.assert_allclose(bank.distance_m, 1.5)
+
+
+def test_measured_rooms_are_split_and_one_room_needs_the_share_option(tmp_path):
+  from configs import base
+  from data_pipeline import scenes
+  _write_brirs(tmp_path, 8000)
+  soundfile.write(tmp_path / "office_az0.wav", np.eye(200, 6, dtype=np.float32), 8000,
+                  subtype="FLOAT")
+  soundfile.write(tmp_path / "office_az90.wav", np.eye(200, 6, k=-3, dtype=np.float32), 8000,
+                  subtype="FLOAT")
+  config = base.get_base_config("smoke")
+  config.data.update(scene="measured", measured_dir=str(tmp_path), rir_length_seconds=0.025,
+                     segment_seconds=0.05)
+  bank = scenes.load_bank(config)
+  assert bank.num_rooms == 3  # hall, lab, office
+  speech = tuple(np.random.default_rng(s).standard_normal(800).astype(np.float32) for s in (0, 1))
+  speakers = ((0, 0, 200.0), (1, 1, 100.0))
+
+  def rooms_used(split):
+    return {int(scenes.make_example(config, speech, speakers, bank,
+                                    scenes.scene_seed(0, split, i), i, split=split)["room_index"])
+            for i in range(6)}
+  used = {split: rooms_used(split) for split in scenes.SPLITS}
+  assert [len(rooms) for rooms in used.values()] == [1, 1, 1]
+  assert set.union(*used.values()) == {0, 1, 2}
+
+  one_room = tmp_path / "one"
+  one_room.mkdir()
+  for azimuth in (0, 90):
+    os.replace(tmp_path / f"office_az{azimuth}.wav", one_room / f"office_az{azimuth}.wav")
+  config.data.measured_dir = str(one_room)
+  bank = scenes.load_bank(config)
+  with pytest.raises(ValueError, match="1 room.*at least 3.*share_rooms_across_splits=True"):
+    rooms_used("test")
+  config.data.share_rooms_across_splits = True
+  assert rooms_used("test") == {0}
