@@ -157,3 +157,31 @@ def test_segment_seconds_zero_is_named(tmp_path):
   config.data.segment_seconds = 0.0
   with pytest.raises(ValueError, match=r"data.segment_seconds=0.0 gives 0 samples.*> 0"):
     dataset.render(config, str(tmp_path), num_workers=0, progress=False)
+
+
+def test_render_cli_names_a_truncated_shard_and_repairs_it(smoke_dataset, tmp_path):
+  import subprocess
+  import sys
+  from tests.conftest import ROOT
+  _, cache_dir = smoke_dataset
+  flags = ["--config=configs/mono.py:smoke", f"--config.data.cache_dir={cache_dir}",
+           f"--config.data.shards_dir={tmp_path / 'shards'}"]
+  env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"}
+  run = lambda *args: subprocess.run([sys.executable, *args], cwd=ROOT, env=env, timeout=300,
+                                     capture_output=True, text=True)
+  first = run("launch/render.py", *flags, "--num_workers=1")
+  assert first.returncode == 0, first.stderr[-2000:]
+  before = shard_bytes(str(tmp_path / "shards"))
+  manifest = shards.read_manifest(str(tmp_path / "shards"))
+  damaged = tmp_path / "shards" / manifest["splits"]["train"][1]["file"]
+  with open(damaged, "r+b") as f:
+    f.truncate(1000)
+  export = run("launch/export_mixture.py", *flags, "--split=train", "--index=0",
+               f"--out={tmp_path / 'mix.wav'}")
+  lines = export.stderr.strip().splitlines()
+  assert export.returncode != 0 and len(lines) == 1, export.stderr[-2000:]
+  assert str(damaged) in lines[0] and "truncated" in lines[0]
+  assert "python launch/render.py " + " ".join(flags) in lines[0]
+  again = run("launch/render.py", *flags, "--num_workers=1")
+  assert again.returncode == 0, again.stderr[-2000:]
+  assert shard_bytes(str(tmp_path / "shards")) == before
