@@ -271,15 +271,18 @@ class BatchAssembler:
       if self.stored_targets:
         for kind in ("direct", "reverberant", "noise"):
           half_to_host(batch[f"targets_{kind}"][i], record[f"{kind}_targets"])
-      else:
-        for kind in ("direct", "reverberant", "noise"):
-          half_to_host(batch[f"targets_{kind}"][i][..., 0], record[kind])
+      else:  # the target kind and the noise are copied from sources / noise below
+        other = "direct" if self.target == "reverberant" else "reverberant"
+        half_to_host(batch[f"targets_{other}"][i][..., 0], record[other])
       if len(in_mixture):
         batch["mixture_reference"][i] = batch["mixture"][i, :, in_mixture[0]]
       else:
         batch["mixture_reference"][i] = record["mixture"][:, self.reference_channel]
       for key in self.metadata_keys:
         batch[key][i] = record[key]
+    if not self.stored_targets:
+      batch[f"targets_{self.target}"][..., 0] = batch["sources"]
+      batch["targets_noise"][..., 0] = batch["noise"]
     return batch
 
   def _channel_selection(self):
