@@ -42,6 +42,9 @@ class WorkdirLocked(RuntimeError):
 class DiskFullError(OSError):
   """A write failed for lack of space (ENOSPC, EDQUOT) or a file-size limit (EFBIG)."""
 
+  def __str__(self):
+    return self.strerror
+
 
 class TornFileError(ValueError):
   """A row that is not the last one is damaged: not a torn append, so not repaired silently."""
@@ -60,7 +63,8 @@ def disk_full_message(error: BaseException, path: str | None = None) -> str:
   target = f" writing {where}" if where else ""
   folder = os.path.dirname(os.path.abspath(where)) if where else "the output folder"
   return (f"disk full{target} ({reason}); free space on {folder} (or raise the file-size "
-          "limit) and rerun: complete rows and checkpoints are kept and the run resumes")
+          "limit) and rerun: what was complete is kept (files, rows, checkpoints) and runs "
+          "resume")
 
 
 def _raise_disk_full(error: OSError, path: str):

@@ -23,6 +23,7 @@ over it (fields added to the configs later keep their defaults).
 """
 
 import importlib
+import io
 import json
 import logging
 import os
@@ -337,7 +338,10 @@ def write_streams(streams: np.ndarray, rate: int, out_dir: str, stem: str,
   paths = []
   for s, stream in enumerate(streams):
     target = os.path.join(out_dir, f"{stem}_talker{s + 1}.wav")
-    with io_safety.atomic_path(target) as temporary:
-      soundfile.write(temporary, stream, rate, subtype=subtype, format="WAV")
+    # Encoded in memory, then written atomically: libsndfile reports a full disk only as
+    # "System error.", a plain write names it (ENOSPC / EFBIG) and leaves no partial file.
+    encoded = io.BytesIO()
+    soundfile.write(encoded, stream, rate, subtype=subtype, format="WAV")
+    io_safety.atomic_write(target, encoded.getvalue())
     paths.append(target)
   return paths

@@ -301,14 +301,26 @@ def _launch(*args, timeout=300):
 
 
 def test_launch_verbs_turn_expected_errors_into_one_line(tmp_path):
+  import soundfile
   (tmp_path / "file").write_text("x")
+  soundfile.write(str(tmp_path / "x.wav"), np.full(800, 0.1, np.float32), 8000)
+  nan = np.full(800, 0.1, np.float32)
+  nan[5] = np.nan
+  soundfile.write(str(tmp_path / "nan.wav"), nan, 8000, subtype="FLOAT")
   cases = [
       (["launch/evaluate.py", "--config=configs/nosuch.py"], "configs/nosuch.py does not exist"),
       (["launch/evaluate.py", "--config=configs/mono.py:nosuch"], "unknown config token"),
       (["launch/separate.py", "--config=configs/mono.py:smoke",
         f"--workdir={tmp_path}/file/run", f"{tmp_path}/nosuch.wav"], "nosuch.wav"),
+      # The output folder is checked before the model is even looked up.
       (["launch/separate.py", "--pretrained=nosuch", f"--out={tmp_path}/file/out",
-        f"{tmp_path}/x.wav"], "is a file"),
+        f"{tmp_path}/x.wav"], "is a file; give another --out"),
+      (["launch/separate.py", "--pretrained=nosuch", f"{tmp_path}/nan.wav"],
+       "nan.wav holds 1 NaN/inf samples"),
+      (["launch/separate.py", "--pretrained=nosuch", f"{tmp_path}/x.wav"],
+       "no pretrained model 'nosuch'"),
+      (["launch/evaluate.py", "--config=configs/mono.py:smoke", f"--workdir={tmp_path}/file/w",
+        "--split=nosuch"], "--split=nosuch"),
   ]
   for args, expected in cases:
     result = _launch(*args)
