@@ -321,6 +321,8 @@ def test_launch_verbs_turn_expected_errors_into_one_line(tmp_path):
        "no pretrained model 'nosuch'"),
       (["launch/evaluate.py", "--config=configs/mono.py:smoke", f"--workdir={tmp_path}/file/w",
         "--split=nosuch"], "--split=nosuch"),
+      (["launch/evaluate.py", "--config=configs/mono.py:smoke", f"--workdir={tmp_path}/file/w"],
+       "is (or is under) a file"),
   ]
   for args, expected in cases:
     result = _launch(*args)
