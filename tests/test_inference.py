@@ -122,3 +122,21 @@ def test_separate_recording_level_silence_nan_and_rates(caplog):
   bad[100] = np.nan
   with pytest.raises(ValueError, match="holds 1 NaN/inf samples"):
     inference.separate_recording(separate_chunk, bad, 16000, 8000, 400, 2)
+
+
+def test_dnsmos_scores_a_short_signal_in_range_and_deterministically():
+  pytest.importorskip("speechmos")
+  from spatialsep_jax import dnsmos
+  rate = 8000
+  t = np.arange(2 * rate) / rate
+  voiced = sum(np.sin(2 * np.pi * 150 * k * t) / k for k in range(1, 12))
+  signal = (0.2 * voiced * (np.sin(2 * np.pi * 2 * t) > -0.3)
+            + 0.01 * np.random.default_rng(0).normal(size=t.size)).astype(np.float32)
+  first = dnsmos.score(signal, rate)
+  assert set(first) == {"sig", "bak", "ovrl", "p808", "seconds"} and first["seconds"] == 2.0
+  assert all(0.5 <= first[k] <= 5.5 for k in ("sig", "bak", "ovrl", "p808")), first
+  assert dnsmos.score(signal, rate) == first
+  with pytest.raises(ValueError, match="silent"):
+    dnsmos.score(np.zeros(rate, np.float32), rate)
+  with pytest.raises(ValueError, match="one channel"):
+    dnsmos.score(np.zeros((rate, 2), np.float32), rate)
