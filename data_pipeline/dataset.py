@@ -12,6 +12,7 @@ import logging
 import os
 import shlex
 import sys
+import time
 
 from data_pipeline import array as array_lib
 from data_pipeline import render as render_lib
@@ -109,25 +110,60 @@ def ensure_dataset(config, progress: bool = True) -> str:
     raise FileNotFoundError(
         f"the shards for corpus {config.data.corpus!r} are not rendered in {directory}; run "
         f"{render_command()} first")
-  print(f"Rendering the embedded default data into {directory} ({problem}; once, later runs "
-        "reuse it)")
-  render(config, directory, progress=progress)
+  lock = _render_lock(directory, wait=True)  # another run may be rendering the same data
+  try:
+    problem = dataset_problem(directory)
+    if problem is not None:
+      print(f"Rendering the embedded default data into {directory} ({problem}; once, later runs "
+            "reuse it)")
+      render(config, directory, progress=progress)
+  finally:
+    lock.release()
   return directory
+
+
+RENDER_LOCK_POLL_SECONDS = 2.0
+
+
+def _render_lock(directory: str, wait: bool):
+  """The held `<directory>/.render.lock` (io_safety.WorkdirLock, re-entrant in one process).
+  Held elsewhere: WorkdirLocked naming the holder, or with `wait` a wait until it is free."""
+  from spatialsep_jax import io_safety
+  lock = io_safety.WorkdirLock(directory, "render")
+  announced = False
+  while True:
+    try:
+      return lock.acquire()
+    except io_safety.WorkdirLocked as error:
+      if not wait:
+        raise
+      if not announced:
+        print(f"waiting for the render lock: {error}", flush=True)
+        announced = True
+      time.sleep(RENDER_LOCK_POLL_SECONDS)
 
 
 def render(config, directory: str | None = None, num_workers: int | None = None,
            progress: bool = True, command: str | None = None) -> dict:
   """Renders every missing (or failing, see shards.prepare_manifest) shard of `config` into
   `directory`; returns the manifest. `command` (default: from sys.argv) is recorded in the
-  manifest as the way to re-render it, for the messages about damaged shards."""
-  from data_pipeline import corpus as corpus_lib
-  from data_pipeline import scenes
-
+  manifest as the way to re-render it, for the messages about damaged shards. A second
+  process rendering into the same `directory` stops with one line naming the first."""
   directory = directory or shards_dir(config)
   if segment_samples(config) < 1:
     raise ValueError(f"data.segment_seconds={config.data.segment_seconds} gives "
                      f"{segment_samples(config)} samples per example at {config.data.sample_rate} "
                      "Hz; set data.segment_seconds > 0")
+  lock = _render_lock(directory, wait=False)  # a second renderer of `directory` gets one line
+  try:
+    return _render_locked(config, directory, num_workers, progress, command)
+  finally:
+    lock.release()
+
+
+def _render_locked(config, directory, num_workers, progress, command) -> dict:
+  from data_pipeline import corpus as corpus_lib
+  from data_pipeline import scenes
   corpus = corpus_lib.build_corpus(config.data, cache_dir(config), seed=config.seed)
   if corpus.skipped:
     log.info("corpus files skipped: %s", dict(corpus.skipped))

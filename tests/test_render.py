@@ -185,3 +185,47 @@ def test_render_cli_names_a_truncated_shard_and_repairs_it(smoke_dataset, tmp_pa
   again = run("launch/render.py", *flags, "--num_workers=1")
   assert again.returncode == 0, again.stderr[-2000:]
   assert shard_bytes(str(tmp_path / "shards")) == before
+
+
+LOCK_HOLDER = """
+import shutil, sys, time
+sys.path.insert(0, sys.argv[3])
+from spatialsep_jax import io_safety
+with io_safety.WorkdirLock(sys.argv[1], "render"):
+  print("held", flush=True)
+  sys.stdin.readline()  # the test's go-ahead
+  shutil.copytree(sys.argv[2], sys.argv[1], dirs_exist_ok=True)  # "finishes" the render
+"""
+
+
+def test_second_renderer_is_refused_and_an_implicit_render_waits(smoke_dataset, tmp_path, capsys):
+  import subprocess
+  import sys
+  import threading
+  from configs import ild_ipd
+  from data_pipeline import dataset
+  from spatialsep_jax import io_safety
+  from tests.conftest import ROOT
+  shards_dir, cache_dir = smoke_dataset
+  target = tmp_path / "shards"
+  holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(target), shards_dir, ROOT],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == "held"
+    config = ild_ipd.get_config("smoke")
+    config.data.update(cache_dir=cache_dir, shards_dir=str(target))
+    with pytest.raises(io_safety.WorkdirLocked, match=f"pid {holder.pid}"):
+      dataset.render(config, str(target), num_workers=0, progress=False)
+    # The implicit render of a training run waits, then finds the data the holder rendered.
+    def release():
+      holder.stdin.write("go\n")
+      holder.stdin.flush()
+    threading.Timer(1.0, release).start()
+    assert dataset.ensure_dataset(config, progress=False) == str(target)
+    assert f"waiting for the render lock: {target} is in use by pid {holder.pid}" in (
+        capsys.readouterr().out)
+    assert shard_bytes(str(target)) == shard_bytes(shards_dir)
+  finally:
+    if holder.poll() is None and holder.stdin:
+      holder.stdin.close()  # a failed assertion before the go-ahead: EOF lets the holder finish
+    holder.wait(timeout=60)
