@@ -229,3 +229,45 @@ def test_second_renderer_is_refused_and_an_implicit_render_waits(smoke_dataset, 
     if holder.poll() is None and holder.stdin:
       holder.stdin.close()  # a failed assertion before the go-ahead: EOF lets the holder finish
     holder.wait(timeout=60)
+
+
+def announced_example(split, index):
+  """fake_example that reports each example on stdout and then waits, so a test can kill its
+  renderer at a known point."""
+  import time
+  print(f"{split} {index}", flush=True)
+  time.sleep(0.05)
+  return fake_example(split, index)
+
+
+KILLED_RENDERER = """
+import functools, sys
+sys.path.insert(0, sys.argv[2])
+from data_pipeline import render
+from tests.test_render import PER_SHARD, SPLITS, announced_example
+from tests.test_shards import manifest_extra
+render.render_dataset(sys.argv[1], SPLITS, PER_SHARD, announced_example, manifest_extra(),
+                      "hash", num_workers=0, progress=False)
+"""
+
+
+def test_sigkill_mid_shard_then_resume_is_byte_identical(clean_render, tmp_path):
+  import signal
+  import subprocess
+  import sys
+  from tests.conftest import ROOT
+  child = subprocess.Popen([sys.executable, "-c", KILLED_RENDERER, str(tmp_path), ROOT],
+                           stdout=subprocess.PIPE, text=True)
+  try:
+    for line in child.stdout:
+      if line.strip() == "train 5":  # inside shard 2 of train: shards 0 and 1 are complete
+        child.send_signal(signal.SIGKILL)
+        break
+  finally:
+    child.wait(timeout=60)
+  assert child.returncode == -signal.SIGKILL
+  manifest = shards.read_manifest(str(tmp_path))
+  assert [s["complete"] for s in manifest["splits"]["train"]] == [True, True, False, False]
+  render_into(tmp_path, num_workers=0)
+  assert shard_bytes(str(tmp_path)) == shard_bytes(str(clean_render))
+  assert not list(tmp_path.glob("*/*" + shards.PARTIAL_SUFFIX))
