@@ -1,8 +1,10 @@
 """Pre-render a config's train/val/test shards: `python launch/render.py --config=configs/mono.py[:smoke]`.
 
-Resumable (complete shards are kept, a half-written one is redone) and
-deterministic (the same seed gives byte-identical shards). Prints a summary of
-the rendered data (counts, speakers, RT60/TIR/separation ranges) at the end.
+Resumable (complete shards whose size and sha256 match the manifest are kept; half-written,
+missing, truncated or changed ones and a broken manifest.json are redone) and deterministic (the
+same seed gives byte-identical shards). One renderer per shards folder (`.render.lock`: a second
+one stops with one line naming the first). Prints a summary of the rendered data (counts,
+speakers, rooms, RT60/TIR/separation ranges) at the end.
 """
 
 import common  # noqa: F401  (sets sys.path)
