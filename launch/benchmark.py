@@ -20,7 +20,7 @@ from absl import app, flags
 
 _CONFIG = common.define_config_flags()
 flags.DEFINE_list("what", ["render", "loader"],
-                 "render, loader, step, latency, evaluation, norm_cost, step_cost")
+                 "render, loader, step, latency, evaluation, norm_cost, step_cost, uconv_kernels")
 flags.DEFINE_integer("num_examples", 64, "examples timed for the render and evaluation benchmarks")
 flags.DEFINE_integer("loader_examples", 512, "examples in the shards the loaders read")
 flags.DEFINE_integer("loader_batches", 40, "batches timed per loader backend")
@@ -35,6 +35,10 @@ flags.DEFINE_multi_string("model_set", [""], "step: model.* overrides timed as o
                           "'norm_impl=fused,scan_blocks=True' (repeat the flag; '' = as configured)")
 flags.DEFINE_string("profile_dir", None, "step: write a jax.profiler trace of 3 timed steps "
                     "per variant under this folder (summarise with launch/profile_summary.py)")
+flags.DEFINE_bool("hlo_bytes", False, "step: also count the bytes the optimised HLO's kernels "
+                  "read and write per step (operands + results of every fusion, custom call and "
+                  "copy, as launch/profile_summary.py --hlo; a scanned body counted once) and "
+                  "measure this device's copy bandwidth, to give the bandwidth the step implies")
 flags.DEFINE_integer("e2e_steps", 0, "step: also time this many steps fed by the real loader "
                      "from rendered shards (rendered first when missing), against the step-only rate")
 FLAGS = flags.FLAGS
@@ -186,6 +190,44 @@ def bench_step_cost(base_arg: str, workdir: str) -> None:
                       "gflops": float(cost.get("flops", float("nan"))) / 1e9})
 
 
+def _hlo_bytes(lower) -> tuple[float, str]:
+  """(bytes of operands and results of the kernels of the step's optimised HLO, where the
+  text came from): the train-step module XLA dumped (XLA_FLAGS --xla_dump_to, as the
+  device_bench variants stage sets) if there is one, else `lower().compile()` again."""
+  import glob
+  import re
+  import tempfile
+  import profile_summary
+  dump = re.search(r"--xla_dump_to=(\S+)", os.environ.get("XLA_FLAGS", ""))
+  found = glob.glob(os.path.join(dump.group(1), "*train_step*after_optimizations.txt")) if dump else []
+  if found:
+    sizes, _ = profile_summary.hlo_operand_bytes(max(found, key=os.path.getsize))
+    return float(sum(sizes.values())), "xla dump"
+  with tempfile.NamedTemporaryFile("w", suffix="after_optimizations.txt", delete=False) as f:
+    f.write(lower().compile().as_text())
+  try:
+    sizes, _ = profile_summary.hlo_operand_bytes(f.name)
+  finally:
+    os.remove(f.name)
+  return float(sum(sizes.values())), "compiled again"
+
+
+def _copy_bandwidth(gib: float = 2.0) -> float:
+  """Device-to-device copy rate, bytes read + written per second (median of 10 copies)."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  x = jnp.ones((int(gib * 2**30) // 4,), jnp.float32)
+  copy = jax.jit(lambda a: a + 1)  # one elementwise pass: read and write every byte
+  jax.block_until_ready(copy(x))
+  times = []
+  for _ in range(10):
+    start = time.perf_counter()
+    jax.block_until_ready(copy(x))
+    times.append(time.perf_counter() - start)
+  return 2 * x.nbytes / float(np.median(times))
+
+
 def bench_step(base_arg: str, workdir: str) -> None:
   """Median jitted training-step time per configuration, model variant and batch size
   (synthetic batch), optionally against the same step fed by the real input pipeline."""
@@ -197,11 +239,15 @@ def bench_step(base_arg: str, workdir: str) -> None:
     state = programs.init(jax.random.key(0))
     samples = train.example_input_shape(config)[1]
     rng = np.random.default_rng(0)
-    batch = train.step_inputs({
+    host_batch = {
         "mixture": rng.normal(size=(batch_size, samples, len(config.data.input_channels)))
                    .astype(np.float32),
         "sources": rng.normal(size=(batch_size, config.data.num_sources, samples))
-                   .astype(np.float32)}, programs.mesh)
+                   .astype(np.float32),
+        "noise": rng.normal(size=(batch_size, samples)).astype(np.float32),
+        "mixture_reference": rng.normal(size=(batch_size, samples)).astype(np.float32)}
+    batch = (programs.inputs(host_batch) if hasattr(programs, "inputs")
+             else train.step_inputs(host_batch, programs.mesh))
     start = time.perf_counter()
     state, metrics = programs.train_step(state, batch)
     jax.block_until_ready(metrics)
@@ -245,6 +291,17 @@ def bench_step(base_arg: str, workdir: str) -> None:
         "peak_memory_gib": stats.get("peak_bytes_in_use", float("nan")) / 2**30}
     _progress(f"{name}: step {1e3 * step_s:.1f} ms back to back, {1e3 * synced_step_s:.1f} ms "
               f"when each step is waited for, peak {row['peak_memory_gib']:.2f} GiB")
+    if FLAGS.hlo_bytes:
+      start = time.perf_counter()
+      moved, source = _hlo_bytes(lambda: programs.train_step.lower(state, batch))
+      copy_rate = _copy_bandwidth()
+      row.update(hlo_bytes_gb=moved / 1e9, hlo_source=source, hlo_bytes_tb_per_s=moved / step_s / 1e12,
+                 copy_tb_per_s=copy_rate / 1e12,
+                 fraction_of_copy_bandwidth=moved / step_s / copy_rate)
+      _progress(f"{name}: {moved / 1e9:.1f} GB of kernel operands and results per step = "
+                f"{moved / step_s / 1e12:.2f} TB/s, {100 * moved / step_s / copy_rate:.0f}% of "
+                f"the {copy_rate / 1e12:.2f} TB/s copy rate (HLO re-read in "
+                f"{time.perf_counter() - start:.0f} s)")
     if FLAGS.e2e_steps:
       _progress(f"{name}: {FLAGS.e2e_steps} steps fed by the {config.data.loader} loader")
       rate = _time_end_to_end(config, programs, state, FLAGS.e2e_steps)
@@ -327,6 +384,88 @@ def bench_norm_cost(workdir: str) -> None:
                       "tensor_mb": 16 * 3200 * 512 * 2 / 1e6})
 
 
+def _median_ms(fn, *args, repeats: int = 20) -> float:
+  import jax
+  import numpy as np
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return 1e3 * float(np.median(times))
+
+
+UCONV_TILES = ((64, 128), (32, 128), (64, 64))
+
+
+def bench_uconv_kernels(workdir: str, shape=(16, 3200, 1026), tiles=UCONV_TILES) -> None:
+  """The Pallas U-ConvBlock level (`pallas_uconv.depthwise_norm`, conv + GLN) and plain
+  depthwise conv against the XLA path at the IPD+ILD model's level shapes ([16, 3200, 1026]
+  bfloat16 input, stride 1 and 2): relative L2 errors of the output and every gradient
+  against the float32 XLA result (the XLA bfloat16 path's own errors beside them), and the
+  forward + backward time of each (median of 20 waited-for calls), per tile shape."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from spatialsep_jax.models import layers, pallas_uconv
+  batch, length, channels = shape
+  rng = np.random.default_rng(0)
+
+  def xla_level(x, kernel, bias, scale, norm_bias, stride):
+    conv = layers.depthwise_conv1d(x, kernel, stride, "slices") + bias.astype(x.dtype)
+    return layers.fused_global_layer_norm(conv, scale, norm_bias, layers.GLN_EPS, x.dtype)
+
+  def relative(got, want):
+    got, want = got.astype(jnp.float32), want.astype(jnp.float32)
+    return float(jnp.linalg.norm((got - want).ravel()) / jnp.linalg.norm(want.ravel()))
+
+  for stride in (1, 2):
+    x = jnp.asarray(rng.standard_normal((batch, length, channels)), jnp.float32)
+    params = [jnp.asarray(rng.uniform(-0.45, 0.45, shape), jnp.float32)
+              for shape in ((5, channels), (channels,))]
+    params += [jnp.asarray(1 + 0.1 * rng.standard_normal(channels), jnp.float32),
+               jnp.asarray(0.1 * rng.standard_normal(channels), jnp.float32)]
+    weights = jnp.asarray(rng.standard_normal((batch, (length - 1) // stride + 1, channels)),
+                          jnp.bfloat16)
+
+    def value_and_grads(level):
+      def run(x_, *p):
+        out, vjp = jax.vjp(level, x_, *p)
+        return (out,) + vjp(weights.astype(out.dtype))
+      return jax.jit(run)
+
+    xla_fn = value_and_grads(lambda *a: xla_level(*a, stride))
+    pallas_fn = value_and_grads(lambda *a: pallas_uconv.depthwise_norm(*a, stride, layers.GLN_EPS))
+    truth = xla_fn(x, *params)
+    x16 = x.astype(jnp.bfloat16)
+    names = ("output", "dx", "d_kernel", "d_bias", "d_scale", "d_norm_bias")
+    xla_errors = dict(zip(names, map(relative, xla_fn(x16, *params), truth)))
+    xla_ms = _median_ms(xla_fn, x16, *params)
+    conv_xla = jax.jit(lambda x_, k_: jax.vjp(
+        lambda a, b: layers.depthwise_conv1d(a, b, stride, "slices"), x_, k_)[1](weights))
+    conv_xla_ms = _median_ms(conv_xla, x16, params[0].astype(jnp.bfloat16))
+    for tile_rows, tile_channels in tiles:
+      pallas_uconv.TILE_ROWS, pallas_uconv.TILE_CHANNELS = tile_rows, tile_channels
+      pallas_fn = value_and_grads(
+          lambda *a: pallas_uconv.depthwise_norm(*a, stride, layers.GLN_EPS))
+      errors = dict(zip(names, map(relative, pallas_fn(x16, *params), truth)))
+      conv_pallas = jax.jit(lambda x_, k_: jax.vjp(
+          lambda a, b: pallas_uconv.depthwise_conv(a, b, stride), x_, k_)[1](weights))
+      got = conv_pallas(x16, params[0].astype(jnp.bfloat16))
+      want = conv_xla(x16, params[0].astype(jnp.bfloat16))
+      conv_errors = [relative(g, w) for g, w in zip(got, want)]
+      row = {"benchmark": "uconv_kernels", "shape": [batch, length, channels], "stride": stride,
+             "dtype": "bfloat16", "tile_rows": tile_rows, "tile_channels": tile_channels,
+             "pallas_errors": errors, "xla_errors": xla_errors,
+             "conv_grad_errors_vs_xla_bf16": conv_errors,
+             "level_fwd_bwd_ms": {"xla": xla_ms, "pallas": _median_ms(pallas_fn, x16, *params)},
+             "conv_bwd_ms": {"xla": conv_xla_ms,
+                             "pallas": _median_ms(conv_pallas, x16, params[0].astype(jnp.bfloat16))}}
+      _record(workdir, row)
+    pallas_uconv.TILE_ROWS, pallas_uconv.TILE_CHANNELS = tiles[0]
+
+
 def write_markdown(workdir: str) -> str:
   rows = [json.loads(line) for line in open(os.path.join(workdir, "results.jsonl"))]
   lines = ["| benchmark | what | figure | device | command |", "| --- | --- | --- | --- | --- |"]
@@ -363,6 +502,15 @@ def write_markdown(workdir: str) -> str:
       what = (f"{r['config']} training step ({r['dtype']}{overrides}), batch {r['batch_size']} "
               "(XLA cost model, compiled only)")
       figure = f"{r['bytes_accessed_gb']:.1f} GB accessed, {r['gflops']:.0f} GFLOP"
+    elif r["benchmark"] == "uconv_kernels":
+      what = (f"U-ConvBlock level conv + GLN fwd + bwd, {r['shape']} {r['dtype']}, stride "
+              f"{r['stride']}, Pallas tiles {r['tile_rows']} x {r['tile_channels']}")
+      worst = max(r["pallas_errors"].values())
+      figure = (f"XLA {r['level_fwd_bwd_ms']['xla']:.2f} ms, Pallas "
+                f"{r['level_fwd_bwd_ms']['pallas']:.2f} ms; conv backward alone XLA "
+                f"{r['conv_bwd_ms']['xla']:.2f}, Pallas {r['conv_bwd_ms']['pallas']:.2f} ms; "
+                f"largest relative error vs float32: Pallas {worst:.1e}, XLA bf16 "
+                f"{max(r['xla_errors'].values()):.1e}")
     elif r["benchmark"] == "accuracy":
       what = f"{r['config']} ({r['dtype']}) trained {r['steps']} steps, batch {r['batch_size']}"
       figure = f"best val SI-SDRi {r['val_sisdri']:.2f} dB ({r['val_examples']} val mixtures)"
@@ -375,6 +523,10 @@ def write_markdown(workdir: str) -> str:
                 "for)" if "synced_step_ms" in r else f"{r['step_ms']:.1f} ms/step waited for")
       figure = (f"{r['samples_per_s']:.1f} samples/s, {timing}, compile "
                 f"{r['compile_and_first_step_s']:.0f} s, peak {r['peak_memory_gib']:.1f} GiB")
+      if "hlo_bytes_gb" in r:
+        figure += (f"; {r['hlo_bytes_gb']:.1f} GB of kernel operands + results per step = "
+                   f"{r['hlo_bytes_tb_per_s']:.2f} TB/s, {100 * r['fraction_of_copy_bandwidth']:.0f}% "
+                   f"of the measured {r['copy_tb_per_s']:.2f} TB/s copy rate")
       if "e2e_samples_per_s" in r:
         figure += (f"; with the {r['loader']} loader ({r['host_audio_dtype']} to host) "
                    f"{r['e2e_samples_per_s']:.1f} samples/s = {100 * r['e2e_fraction_of_step']:.0f}%")
@@ -391,7 +543,8 @@ def main(argv):
   common.setup_logging()
   config = _CONFIG.value
   workdir = FLAGS.workdir or os.path.join("benchmarks", "local")
-  known = ("render", "loader", "step", "latency", "evaluation", "norm_cost", "step_cost")
+  known = ("render", "loader", "step", "latency", "evaluation", "norm_cost", "step_cost",
+           "uconv_kernels")
   unknown = set(FLAGS.what) - set(known)
   if unknown:
     common.fail(f"--what has {sorted(unknown)}; use {', '.join(known)}")
@@ -409,6 +562,8 @@ def main(argv):
     bench_norm_cost(workdir)
   if "step_cost" in FLAGS.what:
     bench_step_cost(common.config_variant(), workdir)
+  if "uconv_kernels" in FLAGS.what:
+    bench_uconv_kernels(workdir)
   print(f"table: {write_markdown(workdir)}")
 
 

@@ -7,6 +7,8 @@
 #   variants  ild_ipd step per speed variant (MODEL_SETS, ';'-separated), + real loader, profiles
 #   latency   forward latency of every configuration, batch 1
 #   accuracy  mono trained ACC_STEPS steps in float32 and bfloat16 side by side (val SI-SDRi)
+#   kernels   the Pallas U-ConvBlock kernels on the GPU against XLA (errors of values and
+#             gradients vs float32, fwd + bwd times per tile shape; benchmark.py --what=uconv_kernels)
 #   scaling   ild_ipd step + real loader on 1 GPU, then on every GPU: 16 per GPU, and global 64
 #             (SCALING_SET: model.* overrides; default the scanned layout, which compiles in
 #             seconds, so two batch sizes with their loader-fed recompiles fit the stage)
@@ -28,7 +30,7 @@ export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 JAX_COMPILATION_CACHE_DIR=/tmp/ja
 W=$OUT/${BENCH_NAME:-h100}; LOG=$OUT/stages.log; mkdir -p $W /tmp/prof
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 DATA="--config.data.num_examples.train=1024 --config.data.num_examples.val=128 --config.data.num_examples.test=16 --config.data.num_rooms=8 --config.data.loader=grain --config.data.host_audio_dtype=float16 --config.data.loader_workers=4"
-STEP="launch/benchmark.py --what=step --batch_sizes=16 --steps=20 --workdir=$W --profile_dir=/tmp/prof --e2e_steps=${E2E_STEPS:-40}"
+STEP="launch/benchmark.py --what=step --batch_sizes=16 --steps=20 --workdir=$W --profile_dir=/tmp/prof --e2e_steps=${E2E_STEPS:-40} ${STEP_FLAGS:-}"
 has() { [[ " $STAGES " == *" $1 "* ]]; }
 stamp() { echo "[$(date +%T)] $*" | tee -a $LOG; }
 # run_stage SECONDS command...: the command's whole output goes to $LOG as it comes.
@@ -39,7 +41,13 @@ run_stage() {
   if (( limit < 30 )); then stamp "skipped (${left} s left): $*"; return; fi
   timeout $limit "$@" 2>&1 | grep --line-buffered -v "Warning\|warnings.warn" | tee -a $LOG
 }
-stamp render; python3 launch/render.py --config=configs/mono.py:gpu $DATA 2>&1 | tail -2
+# Rendered data is needed by the loader-fed timings, the accuracy runs and the scaling stage.
+if [[ "${E2E_STEPS:-40}" != 0 ]] || has accuracy || has scaling; then
+  stamp render; python3 launch/render.py --config=configs/mono.py:gpu $DATA 2>&1 | tail -2
+fi
+if has kernels; then
+  stamp kernels; run_stage 240 python3 launch/benchmark.py --what=uconv_kernels --workdir=$W
+fi
 if has mono; then
   stamp mono; run_stage 240 python3 $STEP --config=configs/mono.py:gpu $DATA --step_configs=mono
   run_stage 60 python3 launch/benchmark.py --what=norm_cost --workdir=$W
