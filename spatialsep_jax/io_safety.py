@@ -416,6 +416,40 @@ class CsvAppender(_Appender):
     self.rows.append(dict(zip(self.fieldnames, values)))
 
 
+def recover_csv(path: str) -> list:
+  """The complete rows of a CsvAppender file ([] when there is none), repairing a torn last row
+  first (with a warning); for a resuming writer that learns its columns from its first row."""
+  if not os.path.exists(path) or os.path.getsize(path) == 0:
+    return []
+  appender = CsvAppender(path)
+  appender.close()
+  return appender.rows
+
+
+def read_csv(path: str) -> list:
+  """The complete rows of a CsvAppender (or plain) CSV file as dicts of strings, without the
+  checksum column and without repairing anything: a torn or damaged last row is left out."""
+  if not os.path.exists(path):
+    return []
+  with open(path, newline="") as f:
+    lines = f.read().split("\n")
+  if len(lines) < 2:
+    return []
+  header = next(csv.reader([lines[0]]))
+  checked = header[-1] == CHECK_COLUMN
+  names = header[:-1] if checked else header
+  complete, rows = lines[1:-1], []   # the text after the last newline is never a whole row
+  for number, line in enumerate(complete, 2):
+    fields = next(csv.reader([line.rstrip("\r")]), [])
+    good = len(fields) == len(header) and (not checked or row_checksum(fields[:-1]) == fields[-1])
+    if not good:
+      if number == len(complete) + 1:
+        break
+      raise TornFileError(f"{path} row {number} is damaged; repair or delete that row")
+    rows.append(dict(zip(names, fields[:-1] if checked else fields)))
+  return rows
+
+
 def _csv_line(fields) -> bytes:
   buffer = io.StringIO()
   csv.writer(buffer, lineterminator="\n").writerow(fields)

@@ -62,7 +62,12 @@ def load_config_file(config_file: str, config_arg: str = ""):
   if not os.path.exists(os.path.join(ROOT, "configs", f"{stem}.py")):
     raise FileNotFoundError(f"config file {config_file} is not in {ROOT}/configs; the model "
                             "was exported from another version of the toolkit")
-  return importlib.import_module(f"configs.{stem}").get_config(config_arg)
+  try:
+    return importlib.import_module(f"configs.{stem}").get_config(config_arg)
+  except (ValueError, KeyError, TypeError) as e:
+    raise ValueError(f"cannot rebuild the config: configs/{stem}.py get_config({config_arg!r}) "
+                     f"says: {e}; the model was exported from another version of the "
+                     "toolkit") from None
 
 
 def overlay(config, saved: dict, where: str = "config"):

@@ -329,3 +329,21 @@ def test_launch_verbs_turn_expected_errors_into_one_line(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert result.returncode != 0 and len(lines) == 1, (args, result.stderr)
     assert expected in lines[0] and lines[0].startswith("error: "), (args, lines[0])
+
+
+def test_recover_and_read_csv_for_a_writer_that_learns_its_columns_late(tmp_path, caplog):
+  path = str(tmp_path / "rows.csv")
+  assert io_safety.recover_csv(path) == [] and io_safety.read_csv(path) == []
+  with io_safety.CsvAppender(path, ["example_id", "sisdr"]) as out:
+    for i in range(3):
+      out.append({"example_id": i, "sisdr": 1.5 * i})
+  data = open(path, "rb").read()
+  open(path, "wb").write(data[:-4])                          # cut inside the last checksum
+  assert [r["example_id"] for r in io_safety.read_csv(path)] == ["0", "1"]  # read-only
+  assert open(path, "rb").read() == data[:-4]
+  with caplog.at_level(logging.WARNING):
+    rows = io_safety.recover_csv(path)                       # repairs
+  assert [r["sisdr"] for r in rows] == ["0.0", "1.5"] and "torn last row" in caplog.text
+  with io_safety.CsvAppender(path, ["example_id", "sisdr"]) as out:
+    out.append({"example_id": 2, "sisdr": 3.0})
+  assert open(path, "rb").read() == data
