@@ -38,7 +38,6 @@ from data_pipeline import shards
 
 AUDIO_KEYS = ("mixture", "reverberant", "direct", "noise", "images", "reverberant_targets",
               "direct_targets", "noise_targets")
-TARGET_KEYS = ("targets_direct", "targets_reverberant", "targets_noise")  # batch keys
 PER_SOURCE_KEYS = ("azimuth_deg", "distance_m", "drr_db", "speaker_index", "speaker_sex", "f0_hz")
 DYNAMIC_MIXING_STREAM = 7919  # separates the remix random stream from the epoch permutations
 
@@ -466,8 +465,10 @@ def make_loader(config, shards_dir: str, split: str, *, train: bool,
   batch_size: global batch size (default config.train.batch_size when training,
     config.eval.batch_size otherwise); each process gets batch_size // process_count.
   process_index / process_count: default jax.process_index() / jax.process_count().
-  Yields dicts: mixture [B, T, C_in], sources [B, S, T], noise [B, T] (float32) and
-  the record's metadata keys with a leading B.
+  Yields dicts (DESIGN.md, "The batch"): mixture [B, T, C_in], sources [B, S, T], noise [B, T],
+  mixture_reference [B, T], targets_direct / targets_reverberant [B, S, T, M_t] and
+  targets_noise [B, T, M_t] at data.target_mics (audio in data.host_audio_dtype), and the
+  record's metadata keys with a leading B.
   """
   if batch_size is None:
     batch_size = config.train.batch_size if train else config.eval.batch_size

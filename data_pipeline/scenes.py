@@ -2,12 +2,12 @@
 
 Recipe (the study's): a bank room of the example's split (rooms are partitioned between train, val
 and test unless data.share_rooms_across_splits) and distinct grid azimuths per talker; each
-utterance randomly
-cropped to the segment among the crops at least data.min_crop_level_db loud relative to the
-utterance's active level (shorter ones zero-padded at the start or the end at random); convolved with
-its reverberant and direct-path responses; interferers scaled to the drawn target-to-interferer
-ratio (RMS of the reverberant images at the reference mic); optional noise at the drawn SNR; the
-mixture peak-normalised to 0.9 over all channels with the same gain applied to every stored signal.
+utterance randomly cropped to the segment among the crops no quieter than data.min_crop_level_db
+relative to the utterance's active level (shorter ones zero-padded at the start or the end at
+random); convolved with its reverberant and direct-path responses (the direct paths at the
+reference mic and at data.target_mics); interferers scaled to the drawn target-to-interferer ratio
+(RMS of the reverberant images at the reference mic); optional noise at the drawn SNR; the mixture
+peak-normalised to 0.9 over all channels with the same gain applied to every stored signal.
 """
 
 import functools
