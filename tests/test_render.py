@@ -271,3 +271,15 @@ def test_sigkill_mid_shard_then_resume_is_byte_identical(clean_render, tmp_path)
   render_into(tmp_path, num_workers=0)
   assert shard_bytes(str(tmp_path)) == shard_bytes(str(clean_render))
   assert not list(tmp_path.glob("*/*" + shards.PARTIAL_SUFFIX))
+
+
+def test_render_command_keeps_the_config_flags_of_any_verb():
+  from data_pipeline import dataset
+  train = ["launch/train.py", "--config=configs/mono.py:smoke", "--workdir=runs/x",
+           "--config.data.num_rooms=6", "--config.data.corpus", "/data/my corpus"]
+  assert dataset.render_command(train) == (
+      "python launch/render.py --config=configs/mono.py:smoke --config.data.num_rooms=6 "
+      "--config.data.corpus '/data/my corpus'")
+  assert dataset.render_command(["launch/render.py", "--config=c.py", "--workdir=d"]) == (
+      "python launch/render.py --config=c.py --workdir=d")
+  assert dataset.render_command(["pytest", "-q"]) == shards.GENERIC_RENDER_COMMAND
