@@ -347,3 +347,98 @@ def test_recover_and_read_csv_for_a_writer_that_learns_its_columns_late(tmp_path
   with io_safety.CsvAppender(path, ["example_id", "sisdr"]) as out:
     out.append({"example_id": 2, "sisdr": 3.0})
   assert open(path, "rb").read() == data
+
+
+# ------------------------------------------------------------------------------ trainer / evaluator
+# These run once train.py / evaluation.py call the io_safety helpers (the lead wires them in).
+
+def _wired(module_file: str, name: str) -> bool:
+  return name in open(os.path.join(ROOT, "spatialsep_jax", module_file)).read()
+
+
+def _smoke(smoke_dataset, **overrides):
+  from configs import mono
+  from tests.conftest import smoke_config
+  shards, cache = smoke_dataset
+  return smoke_config(mono, shards, cache, **overrides)
+
+
+@pytest.mark.skipif(not _wired("train.py", "WorkdirLock"),
+                    reason="train.py does not hold the workdir lock yet")
+def test_a_second_trainer_on_one_workdir_is_refused_naming_the_first(smoke_dataset, tmp_path):
+  from spatialsep_jax import train
+  workdir = str(tmp_path / "run")
+  holder = subprocess.Popen([sys.executable, "-u", "-c", HOLDER, workdir], cwd=ROOT, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    _read_until(holder, lambda line: line == "locked")
+    with pytest.raises(io_safety.WorkdirLocked, match=f"pid {holder.pid} on"):
+      train.train_and_evaluate(_smoke(smoke_dataset, train__num_steps=1), workdir,
+                               progress=False)
+  finally:
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+  assert not os.path.exists(os.path.join(workdir, "checkpoints", "latest", "1"))
+
+
+@pytest.mark.skipif(not _wired("train.py", "check_checkpoint_identity"),
+                    reason="train.py does not check the checkpoint's identity yet")
+def test_resume_without_config_json_under_another_config_is_refused(smoke_dataset, tmp_path):
+  from spatialsep_jax import train
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(_smoke(smoke_dataset, train__num_steps=1), workdir, progress=False)
+  os.remove(os.path.join(workdir, "config.json"))
+  with pytest.raises(ValueError, match="seed: 42 there, 7 now"):
+    train.train_and_evaluate(_smoke(smoke_dataset, train__num_steps=2, seed=7), workdir,
+                             progress=False)
+
+
+@pytest.mark.skipif(not _wired("train.py", "resume_step"),
+                    reason="train.py does not pass resume_step to MetricWriter yet")
+def test_sigkill_of_a_training_run_then_resume_logs_every_step_exactly_once(smoke_dataset,
+                                                                            tmp_path):
+  import time
+  from spatialsep_jax import summary
+  shards, cache = smoke_dataset
+  workdir = str(tmp_path / "run")
+  command = [sys.executable, os.path.join(ROOT, "launch", "train.py"),
+             "--config=" + os.path.join(ROOT, "configs", "mono.py") + ":smoke",
+             f"--workdir={workdir}", f"--config.data.shards_dir={shards}",
+             f"--config.data.cache_dir={cache}", "--config.train.num_steps=30",
+             "--config.train.log_every=1", "--config.train.checkpoint_every=3",
+             "--config.train.eval_every=3", "--config.eval.after_training=False"]
+  process = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE)
+  logs = os.path.join(workdir, "logs")
+  while process.poll() is None:
+    rows = summary.read_metrics(logs)
+    if any(r["step"] >= 5 for r in rows):
+      process.send_signal(signal.SIGKILL)
+      break
+    time.sleep(0.05)
+  process.wait()
+  assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+  subprocess.run(command, cwd=ROOT, env=ENV, check=True, capture_output=True, timeout=600)
+  steps = [r["step"] for r in summary.read_metrics(logs) if "loss" in r]
+  assert steps == list(range(1, 31))
+  val_steps = [r["step"] for r in summary.read_metrics(logs) if "val_loss" in r]
+  assert val_steps == list(range(3, 31, 3))
+
+
+@pytest.mark.skipif(not _wired("evaluation.py", "io_safety"),
+                    reason="evaluation.py does not write rows.csv through io_safety yet")
+def test_evaluation_resumes_after_a_row_torn_inside_a_number(smoke_dataset, tmp_path):
+  from spatialsep_jax import evaluation, train
+  shards, _ = smoke_dataset
+  config = _smoke(smoke_dataset, train__num_steps=1, eval__vocoder=False)
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(config, workdir, progress=False)
+  first = evaluation.run_evaluation(config, workdir, shards_dir=shards, progress=False)
+  rows_path = os.path.join(first["out_dir"], "rows.csv")
+  complete = open(rows_path, "rb").read()
+  expected = evaluation.read_rows(rows_path)
+  last = complete.rstrip(b"\n").rfind(b"\n") + 1
+  cut = last + complete[last:].find(b".") + 2                  # two characters into a number
+  open(rows_path, "wb").write(complete[:cut])
+  evaluation.run_evaluation(config, workdir, shards_dir=shards, progress=False)
+  assert evaluation.read_rows(rows_path) == expected
