@@ -45,7 +45,7 @@ def summary_text(config, directory: str, plot: bool = True) -> str:
     lines.append(
         f"{split:5s}: {len(meta['rt60']):6d} mixtures, "
         f"{len(np.unique(meta['speaker_index'])):3d} speakers, {sex_pairing(meta['speaker_sex'])}, "
-        f"{len(np.unique(meta['room_index'])):3d} rooms, "
+        f"rooms {len(np.unique(meta['room_index']))}, "
         f"RT60 {np.min(meta['rt60']):.2f}-{np.max(meta['rt60']):.2f} s, "
         f"TIR {np.min(meta['tir_db']):+.1f}..{np.max(meta['tir_db']):+.1f} dB, "
         f"separation median {np.median(meta['separation_deg']):.0f} deg")
