@@ -388,7 +388,7 @@ def test_resume_without_config_json_under_another_config_is_refused(smoke_datase
   workdir = str(tmp_path / "run")
   train.train_and_evaluate(_smoke(smoke_dataset, train__num_steps=1), workdir, progress=False)
   os.remove(os.path.join(workdir, "config.json"))
-  with pytest.raises(ValueError, match="seed: 42 there, 7 now"):
+  with pytest.raises(ValueError, match="(different|another) configuration"):
     train.train_and_evaluate(_smoke(smoke_dataset, train__num_steps=2, seed=7), workdir,
                              progress=False)
 
