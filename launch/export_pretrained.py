@@ -52,6 +52,16 @@ def _eval_summary(workdir: str, step: int) -> tuple[str | None, dict | None]:
     return os.path.dirname(paths[-1]), json.load(f)
 
 
+def _rooms_note(data) -> str:
+  if "room_split" not in data:
+    return ("this version's renderer draws every split's rooms from the same bank: test "
+            "mixtures reuse training rooms (only speakers are disjoint)")
+  if data.get("share_rooms_across_splits", False):
+    return "rooms shared across splits (ablation setting): test rooms are training rooms"
+  return (f"room-disjoint splits: the {int(data.num_rooms)} simulated rooms are partitioned "
+          f"{tuple(data.room_split)} into train/val/test, so test rooms were never trained on")
+
+
 def export(config, entry: str, workdir: str, out: str, which: str = "best") -> dict:
   import flax
   import jax
@@ -83,9 +93,9 @@ def export(config, entry: str, workdir: str, out: str, which: str = "best") -> d
                "sample_rate": int(data.sample_rate),
                "segment_seconds": float(data.segment_seconds),
                "input_channels": list(data.input_channels), "seed": int(config.seed),
-               "rooms_note": "the renderer of this version draws every split's rooms from the "
-                             "same bank: test mixtures reuse training rooms (only speakers are "
-                             "disjoint)"},
+               "room_split": list(data.get("room_split", ())),
+               "share_rooms_across_splits": bool(data.get("share_rooms_across_splits", True)),
+               "rooms_note": _rooms_note(data)},
       "budget": {"num_steps": int(config.train.num_steps),
                  "batch_size": int(config.train.batch_size),
                  "learning_rate": float(config.optim.learning_rate),
