@@ -585,8 +585,8 @@ def split_paths(shards_dir: str, manifest: Mapping[str, Any], split: str) -> lis
     raise ValueError(f"split {split!r} is not in {shards_dir!r} (has "
                      f"{sorted(manifest['splits'])}); render it or pick another split")
   if not is_complete(manifest, split):
-    raise ValueError(f"split {split!r} in {shards_dir!r} is only partly rendered; "
-                     "rerun the render to finish it")
+    raise ValueError(f"split {split!r} in {shards_dir!r} is only partly rendered; finish it "
+                     f"with {render_command(manifest)}")
   return [os.path.join(shards_dir, s["file"]) for s in manifest["splits"][split]]
 
 

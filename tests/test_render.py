@@ -159,32 +159,51 @@ def test_segment_seconds_zero_is_named(tmp_path):
     dataset.render(config, str(tmp_path), num_workers=0, progress=False)
 
 
-def test_render_cli_names_a_truncated_shard_and_repairs_it(smoke_dataset, tmp_path):
+def _file_size_limit(limit):
+  def apply():
+    import resource
+    import signal
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+  return apply
+
+
+def test_render_cli_full_disk_and_damaged_shards_are_one_line_and_repaired(smoke_dataset,
+                                                                          tmp_path):
   import subprocess
   import sys
   from tests.conftest import ROOT
-  _, cache_dir = smoke_dataset
+  shards_dir, cache_dir = smoke_dataset
+  target = tmp_path / "shards"
   flags = ["--config=configs/mono.py:smoke", f"--config.data.cache_dir={cache_dir}",
-           f"--config.data.shards_dir={tmp_path / 'shards'}"]
+           f"--config.data.shards_dir={target}"]
+  command = "python launch/render.py " + " ".join(flags)
   env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"}
-  run = lambda *args: subprocess.run([sys.executable, *args], cwd=ROOT, env=env, timeout=300,
-                                     capture_output=True, text=True)
-  first = run("launch/render.py", *flags, "--num_workers=1")
-  assert first.returncode == 0, first.stderr[-2000:]
-  before = shard_bytes(str(tmp_path / "shards"))
-  manifest = shards.read_manifest(str(tmp_path / "shards"))
-  damaged = tmp_path / "shards" / manifest["splits"]["train"][1]["file"]
-  with open(damaged, "r+b") as f:
-    f.truncate(1000)
+  run = lambda *args, **kwargs: subprocess.run([sys.executable, *args], cwd=ROOT, env=env,
+                                               timeout=300, capture_output=True, text=True,
+                                               **kwargs)
+  shard_size = shards.read_manifest(shards_dir)["splits"]["train"][0]["size"]
+  full = run("launch/render.py", *flags, "--num_workers=1",
+             preexec_fn=_file_size_limit(shard_size // 2))  # per file: no shard fits
+  lines = full.stderr.strip().splitlines()
+  assert full.returncode != 0 and lines[-1].startswith("error: disk full"), full.stderr[-2000:]
+  assert ".partial" in lines[-1] and not any("Traceback" in line for line in lines)
   export = run("launch/export_mixture.py", *flags, "--split=train", "--index=0",
                f"--out={tmp_path / 'mix.wav'}")
   lines = export.stderr.strip().splitlines()
   assert export.returncode != 0 and len(lines) == 1, export.stderr[-2000:]
-  assert str(damaged) in lines[0] and "truncated" in lines[0]
-  assert "python launch/render.py " + " ".join(flags) in lines[0]
-  again = run("launch/render.py", *flags, "--num_workers=1")
+  assert "only partly rendered" in lines[0] and command in lines[0]
+  again = run("launch/render.py", *flags, "--num_workers=1")  # resumes after the full disk
   assert again.returncode == 0, again.stderr[-2000:]
-  assert shard_bytes(str(tmp_path / "shards")) == before
+  assert shard_bytes(str(target)) == shard_bytes(shards_dir)  # mono and ild_ipd share their data
+  # A shard damaged later is named with the command that rendered it (recorded by render.py).
+  damaged = target / shards.read_manifest(str(target))["splits"]["train"][1]["file"]
+  with open(damaged, "r+b") as f:
+    f.truncate(1000)
+  with pytest.raises(shards.ShardError, match="truncated") as error:
+    shards.open_split(str(target), "train")
+  assert str(damaged) in str(error.value) and command in str(error.value)
+
 
 
 LOCK_HOLDER = """
