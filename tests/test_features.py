@@ -134,3 +134,37 @@ def test_feature_scale_diagnostic_shares_sum_to_one(smoke_dataset):
                          "--config=configs/mono.py:smoke"], cwd=ROOT, capture_output=True,
                         text=True, timeout=120)
   assert mono.returncode == 2 and "concatenated features" in mono.stderr
+
+
+def test_cossin_is_continuous_where_the_wrapped_angle_jumps():
+  """A right channel delayed by a fraction of a sample: at the bin where the true phase
+  difference crosses pi the raw angle jumps by ~2 pi between neighbouring bins, while
+  (cos, sin) moves by a small step (the representation question of issue 13)."""
+  n_fft, hop, num_samples = 64, 10, 640
+  rng = np.random.default_rng(3)
+  left = rng.standard_normal(num_samples)
+  delay = 1.37  # samples: the phase difference 2 pi f delay / n_fft crosses pi below Nyquist
+  spectrum = np.fft.rfft(left)
+  freqs = np.arange(spectrum.size) / num_samples
+  right = np.fft.irfft(spectrum * np.exp(-2j * np.pi * freqs * delay), num_samples)
+  mixture = jnp.asarray(np.stack([left, right], -1)[None], jnp.float32)
+  middle = num_samples // hop // 2  # a frame far from the zero-padded edges
+  angle = np.asarray(features.ipd(mixture, n_fft=n_fft, hop=hop))[0, middle]        # [F]
+  cossin = np.asarray(features.ipd_cos_sin(mixture, n_fft=n_fft, hop=hop))[0]        # [L, 2F]
+  num_bins = n_fft // 2 + 1
+  np.testing.assert_allclose(cossin[:, :num_bins], np.cos(np.asarray(
+      features.ipd(mixture, n_fft=n_fft, hop=hop))[0]), atol=1e-5)
+  vectors = np.stack([cossin[middle, :num_bins], cossin[middle, num_bins:]], -1)
+  # Expected phase: angle(X_l conj(X_r)) = +2 pi k delay / n_fft, wrapping at k = n_fft / (2 delay).
+  expected = 2 * np.pi * np.arange(num_bins) * delay / n_fft
+  wrap_bin = int(np.ceil(n_fft / (2 * delay)))
+  assert 2 < wrap_bin < num_bins - 2
+  jumps = np.abs(np.diff(angle))
+  assert jumps[wrap_bin - 1] > 5.0        # the wrapped angle jumps by ~2 pi - step there
+  assert np.all(np.delete(jumps, wrap_bin - 1)[1:-1] < 1.0)
+  steps = np.linalg.norm(np.diff(vectors, axis=0), axis=-1)
+  # At the wrap, cos/sin moves like anywhere else (the true step is 2 pi delay / n_fft ~ 0.13).
+  assert steps[wrap_bin - 1] < 0.6 and np.median(steps) < 0.3
+  # and reads the delay's phase back (one frame of noise: per-bin estimates scatter a little).
+  error = np.angle(vectors[:, 0] + 1j * vectors[:, 1])[1:wrap_bin] - expected[1:wrap_bin]
+  assert np.median(np.abs(error)) < 0.15
