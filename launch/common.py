@@ -144,8 +144,15 @@ def expected_error_message(error: BaseException) -> str | None:
     return f"permission denied: {where}; choose a folder you can write (--workdir / --out)"
   if isinstance(error, (FileNotFoundError, NotADirectoryError, IsADirectoryError,
                         FileExistsError)):
-    if error.filename and not text.startswith(str(error.filename)) and ":" in text[:20]:
-      return f"{text}; check the path"
+    if text.startswith("[Errno") and error.filename:  # a bare OS error: say what it means
+      where = error.filename
+      return {
+          NotADirectoryError: f"{where}: a part of this path is a file, not a folder; give "
+                              "another path (--workdir, --out, data.shards_dir)",
+          FileExistsError: f"{where} exists and is a file, not a folder; give another path",
+          IsADirectoryError: f"{where} is a folder where a file is expected; give a file",
+          FileNotFoundError: f"{where} does not exist; check the path",
+      }[type(error)]
     return text
   if isinstance(error, ValueError):
     return text or f"bad value ({type(error).__name__})"
