@@ -26,10 +26,8 @@ Every file is validated once (unreadable, empty, non-finite or out-of-range
 files whose size and modification time did not change.
 """
 
-import abc
 import collections
 import concurrent.futures
-import dataclasses
 import hashlib
 import json
 import logging
@@ -39,17 +37,17 @@ import re
 import wave
 
 import numpy as np
-import scipy.signal
 import soundfile
 
+from data_pipeline import espeak_corpus
+from data_pipeline.corpus_base import (F0_MAX_HZ, F0_MIN_HZ, SPLITS, Corpus, Speaker,  # noqa: F401
+                                       Utterance, estimate_f0, resample)
+
 AUDIO_EXTENSIONS = (".wav", ".flac")
-SPLITS = ("train", "val", "test")
 LAYOUTS = ("auto", "librispeech", "vctk", "wsj0", "flat")
 SILENCE_DBFS = -60.0
 CLIPPED_FRACTION = 1e-3
 FULL_SCALE = 0.999
-F0_MIN_HZ = 50.0
-F0_MAX_HZ = 450.0
 F0_ANALYSIS_SECONDS = 10.0
 SCAN_VERSION = 2  # 2: non-finite and out-of-range samples are skipped
 LAYOUT_MATCH_FRACTION = 0.9
@@ -61,108 +59,6 @@ _WSJ0_SET_RE = re.compile(r"(?:^|/)s[id]_(?:tr|dt|et)[^/]*/([0-9a-z]{3})/[^/]+$"
 _SEX_WORDS = {"f": 0, "female": 0, "m": 1, "male": 1}
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class Speaker:
-  speaker_id: str
-  sex: int          # 0 female, 1 male, -1 unknown
-  f0_hz: float      # mean F0, nan if unknown
-
-
-@dataclasses.dataclass(frozen=True)
-class Utterance:
-  speaker_id: str
-  key: str          # file path, or a synthesis key for eSpeak
-
-
-class Corpus(abc.ABC):
-  """Base class: subclasses fill `sample_rate`, `speakers`, `skipped` and `_splits`."""
-
-  sample_rate: int
-  speakers: list[Speaker]
-  skipped: collections.Counter
-  _splits: dict[str, list[Utterance]]
-
-  def utterances(self, split: str) -> list[Utterance]:
-    """The utterances of one split ('train' | 'val' | 'test'), sorted by key."""
-    if split not in SPLITS:
-      raise ValueError(f"unknown split {split!r}; use one of {SPLITS}")
-    return list(self._splits[split])
-
-  @abc.abstractmethod
-  def load(self, utt: Utterance) -> np.ndarray:
-    """float32 `[T]` waveform of `utt` at `self.sample_rate`."""
-
-  def speaker_index(self, speaker_id: str) -> int:
-    """Index of `speaker_id` in `self.speakers` (what records store)."""
-    if not hasattr(self, "_speaker_positions"):
-      self._speaker_positions = {s.speaker_id: i for i, s in enumerate(self.speakers)}
-    if speaker_id not in self._speaker_positions:
-      raise ValueError(f"unknown speaker {speaker_id!r}; use an id from corpus.speakers")
-    return self._speaker_positions[speaker_id]
-
-  def split_speakers(self, split: str) -> list[str]:
-    """Sorted speaker ids of one split."""
-    return sorted({u.speaker_id for u in self.utterances(split)})
-
-
-def resample(waveform: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
-  """Polyphase resampling of `[T]` audio from `from_rate` to `to_rate` Hz -> float32 `[T']`."""
-  if from_rate == to_rate:
-    return np.asarray(waveform, np.float32)
-  divisor = math.gcd(int(from_rate), int(to_rate))
-  resampled = scipy.signal.resample_poly(
-      np.asarray(waveform, np.float64), int(to_rate) // divisor, int(from_rate) // divisor)
-  return resampled.astype(np.float32)
-
-
-def estimate_f0(waveform: np.ndarray, sample_rate: int, f0_min: float = F0_MIN_HZ,
-                f0_max: float = F0_MAX_HZ) -> float:
-  """Mean F0 (Hz) over the voiced frames of `[T]` speech; nan when none is voiced.
-
-  Normalised autocorrelation of 40 ms frames (10 ms hop); a frame counts as voiced
-  when it is within 30 dB of the loudest frame and its autocorrelation peak in the
-  `[f0_min, f0_max]` lag range exceeds 0.5. Frames more than 40% away from the
-  median F0 (octave errors) are left out of the mean. Hand-written because a
-  pitch tracker such as librosa.pyin would add a heavy dependency for one number.
-  """
-  waveform = np.asarray(waveform, np.float64)
-  frame_length = int(round(0.04 * sample_rate))
-  hop = int(round(0.01 * sample_rate))
-  min_lag = max(2, int(math.floor(sample_rate / f0_max)))
-  max_lag = min(frame_length - 2, int(math.ceil(sample_rate / f0_min)))
-  if waveform.size < frame_length or max_lag <= min_lag:
-    return math.nan
-  frames = np.lib.stride_tricks.sliding_window_view(waveform, frame_length)[::hop]
-  frames = frames - frames.mean(axis=1, keepdims=True)
-  energy = np.sum(frames**2, axis=1)
-  loud = energy > max(energy.max() * 1e-3, 1e-12)
-  if not loud.any():
-    return math.nan
-  frames = frames[loud] * np.hanning(frame_length)
-  n_fft = 1 << (2 * frame_length - 1).bit_length()
-  spectrum = np.fft.rfft(frames, n_fft, axis=1)
-  autocorrelation = np.fft.irfft(np.abs(spectrum)**2, n_fft, axis=1)[:, :max_lag + 2]
-  autocorrelation /= np.maximum(autocorrelation[:, :1], 1e-12)
-  search = autocorrelation[:, min_lag:max_lag + 1]
-  best = np.argmax(search, axis=1)
-  peak = search[np.arange(len(best)), best]
-  voiced = peak > 0.5
-  if not voiced.any():
-    return math.nan
-  lag = (best + min_lag)[voiced].astype(np.float64)
-  rows = np.nonzero(voiced)[0]
-  left = autocorrelation[rows, lag.astype(int) - 1]
-  centre = autocorrelation[rows, lag.astype(int)]
-  right = autocorrelation[rows, lag.astype(int) + 1]
-  curvature = left - 2 * centre + right
-  offset = np.where(np.abs(curvature) > 1e-12, 0.5 * (left - right) / np.where(
-      np.abs(curvature) > 1e-12, curvature, 1.0), 0.0)
-  f0 = sample_rate / (lag + np.clip(offset, -0.5, 0.5))
-  median = np.median(f0)
-  consistent = np.abs(f0 / median - 1.0) < 0.4
-  return float(np.mean(f0[consistent]))
 
 
 def _check_waveform(waveform: np.ndarray) -> str | None:
@@ -435,8 +331,6 @@ def build_corpus(data_config, cache_dir: str, seed: int | None = None) -> Corpus
   if seed is None:
     seed = data_config.get("seed", 42) if hasattr(data_config, "get") else 42
   if data_config.corpus == "espeak":
-    # Imported here because espeak_corpus builds on this module's classes.
-    from data_pipeline import espeak_corpus  # pylint: disable=import-outside-toplevel
     return espeak_corpus.EspeakCorpus(data_config.espeak, data_config.sample_rate, seed,
                                       cache_dir)
   if not data_config.corpus:

@@ -38,7 +38,7 @@ import zlib
 import espeakng_loader
 import numpy as np
 
-from data_pipeline import corpus
+from data_pipeline import corpus_base
 
 CACHE_VERSION = "espeak-corpus-v1"
 NATIVE_RATE = 22050
@@ -197,10 +197,10 @@ def _synthesise_block(specs: list[VoiceSpec], sentences: list[str],
                     .astype(np.float32) / 32768.0)
     waveforms = []
     for waveform in native:
-      resampled = corpus.resample(waveform, NATIVE_RATE, sample_rate)
+      resampled = corpus_base.resample(waveform, NATIVE_RATE, sample_rate)
       resampled *= PEAK_LEVEL / max(float(np.max(np.abs(resampled))), 1e-9)
       waveforms.append(np.round(resampled * 32767.0).astype(np.int16))
-    f0 = corpus.estimate_f0(
+    f0 = corpus_base.estimate_f0(
         np.concatenate(waveforms[:F0_UTTERANCES]).astype(np.float32) / 32767.0, sample_rate)
     results.append((waveforms, f0))
   return results
@@ -260,7 +260,7 @@ def _run_blocks(blocks: list[list[VoiceSpec]], sentences: list[str], sample_rate
   return results
 
 
-class EspeakCorpus(corpus.Corpus):
+class EspeakCorpus(corpus_base.Corpus):
   """Synthetic multi-speaker English corpus (see the module docstring)."""
 
   def __init__(self, espeak_config, sample_rate: int = 8000, seed: int = 0,
@@ -297,14 +297,15 @@ class EspeakCorpus(corpus.Corpus):
       self._audio = arrays["audio"]
       self._offsets = arrays["offsets"]
     self.voices = specs
-    self.speakers = [corpus.Speaker(s.speaker_id, s.sex, math.nan if f0 is None else float(f0))
+    self.speakers = [corpus_base.Speaker(s.speaker_id, s.sex,
+                                         math.nan if f0 is None else float(f0))
                      for s, f0 in zip(specs, meta["f0_hz"])]
     self._index = {}
     by_speaker = {}
     for speaker_index, spec in enumerate(specs):
       by_speaker[spec.speaker_id] = []
       for k in range(utterances_per_speaker):
-        utterance = corpus.Utterance(spec.speaker_id, f"espeak:{spec.speaker_id}:{k}")
+        utterance = corpus_base.Utterance(spec.speaker_id, f"espeak:{spec.speaker_id}:{k}")
         self._index[utterance.key] = speaker_index * utterances_per_speaker + k
         by_speaker[spec.speaker_id].append(utterance)
     self._splits = {split: [u for s in ids for u in by_speaker[s]]
@@ -336,7 +337,7 @@ class EspeakCorpus(corpus.Corpus):
              "with %d worker processes -> %s", len(specs), len(specs[0].sentence_indices),
              audio_seconds, seconds, workers, self.cache_path)
 
-  def load(self, utt: corpus.Utterance) -> np.ndarray:
+  def load(self, utt: corpus_base.Utterance) -> np.ndarray:
     """float32 `[T]` at `sample_rate` (peak 0.9)."""
     if utt.key not in self._index:
       raise ValueError(f"{utt.key!r} is not an utterance of this eSpeak corpus; take utterances "
