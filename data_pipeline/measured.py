@@ -95,6 +95,8 @@ def _read_sidecar(path: pathlib.Path):
 
 def _read_wav(path: pathlib.Path, names, sample_rate: int, length: int) -> np.ndarray:
   responses, file_rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+  if not np.all(np.isfinite(responses)):
+    raise ValueError(f"{path}: response with NaN/inf samples; remove or repair it")
   responses = resample(responses, file_rate, sample_rate, str(path))
   return fit_length(to_array_channels(responses, names, str(path)), length)
 
@@ -108,6 +110,8 @@ def _read_sofa(path: pathlib.Path, sample_rate: int, length: int):
         raise ValueError(f"{path}: no {key} in the SOFA file; export a SimpleFreeFieldHRIR or "
                          "SingleRoomDRIR convention file")
     impulse = np.asarray(sofa["Data.IR"], np.float32)                              # [Me, R, N]
+    if not np.all(np.isfinite(impulse)):
+      raise ValueError(f"{path}: Data.IR holds NaN/inf samples; remove or repair the file")
     positions = np.asarray(sofa["SourcePosition"], np.float64).reshape(-1, 3)
     position_type = sofa["SourcePosition"].attrs.get("Type", b"spherical")
     file_rate = float(np.asarray(sofa["Data.SamplingRate"]).ravel()[0])

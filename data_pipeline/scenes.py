@@ -164,6 +164,8 @@ def _noise_excerpt(path: pathlib.Path, num_samples: int, sample_rate: int,
     noise = resample(noise, file_rate, sample_rate, str(path)).astype(np.float32)
   if noise.shape[0] == 0:
     raise ValueError(f"{path}: empty noise file; remove it from the noise folder")
+  if not np.all(np.isfinite(noise)):
+    raise ValueError(f"{path}: noise file with NaN/inf samples; remove or repair it")
   repeats = int(np.ceil((num_samples + noise.shape[0]) / noise.shape[0]))
   looped = np.tile(noise, (repeats, 1))
   start = rng.integers(0, noise.shape[0])

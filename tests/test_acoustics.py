@@ -233,3 +233,12 @@ def test_measured_rooms_are_split_and_one_room_needs_the_share_option(tmp_path):
     rooms_used("test")
   config.data.share_rooms_across_splits = True
   assert rooms_used("test") == {0}
+
+
+def test_measured_response_with_nan_is_named(tmp_path):
+  _write_brirs(tmp_path, 8000)
+  brir = np.zeros((100, 6), np.float32)
+  brir[3, 2] = np.nan
+  soundfile.write(tmp_path / "lab_az45.wav", brir, 8000, subtype="FLOAT")
+  with pytest.raises(ValueError, match="lab_az45.wav: response with NaN/inf"):
+    measured.load_measured_bank(tmp_path, 8000, 0.02)

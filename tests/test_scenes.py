@@ -88,6 +88,19 @@ def test_crop_or_pad():
   np.testing.assert_array_equal(cropped, np.arange(cropped[0], cropped[0] + 4))
 
 
+def test_noise_file_with_nan_is_named(setup, tmp_path):
+  config, _, _ = setup
+  noise = np.random.default_rng(3).standard_normal(3000) * 0.1
+  noise[7] = np.inf
+  soundfile.write(tmp_path / "hum.wav", noise, 8000, subtype="FLOAT")
+  config.data.noise = str(tmp_path)
+  try:
+    with pytest.raises(ValueError, match="hum.wav: noise file with NaN/inf"):
+      example(setup, 0, "test", 1)
+  finally:
+    config.data.noise = "none"
+
+
 @pytest.mark.parametrize("noise", ["diffuse", "folder"])
 def test_noise_at_snr(setup, noise, tmp_path):
   config, bank, utterances = setup
