@@ -45,6 +45,12 @@ class Checkpointer:
             meta=ocp.args.JsonSave({"val_loss": float(val_loss), **extra})),
         metrics={"val_loss": float(val_loss)})
 
+  def best_steps(self) -> list[int]:
+    return list(self.best.all_steps())
+
+  def delete_best(self, step: int) -> None:
+    self.best.delete(step)
+
   def latest_meta(self) -> dict:
     """The metadata saved with the latest checkpoint (identity, schedule, best so far)."""
     step = self.latest.latest_step()

@@ -241,12 +241,22 @@ def _full_batches(loader, batch_size: int, limit: int):
 
 
 class _StopSignal:
-  """Turns SIGTERM/SIGINT into a flag so the loop can checkpoint before exiting."""
+  """SIGTERM/SIGINT become a request to checkpoint and stop at a step every process agrees on.
+
+  One process: a Python handler sets a flag. Several processes: SIGTERM is left to JAX's
+  preemption service (jax.distributed installs its notifier), and
+  `multihost_utils.reached_preemption_sync_point` turns a SIGTERM to any one process into the
+  same stopping step on all of them, so they save one checkpoint together; SIGINT stays a
+  local flag there (an interactive Ctrl-C reaches every process of a terminal).
+  """
 
   def __init__(self):
     self.received = None
+    self.stopped = None
+    self._multi = jax.process_count() > 1
     self._previous = {}
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    signals = (signal.SIGINT,) if self._multi else (signal.SIGTERM, signal.SIGINT)
+    for sig in signals:
       try:
         self._previous[sig] = signal.signal(sig, self._handle)
       except ValueError:  # not the main thread
@@ -255,9 +265,34 @@ class _StopSignal:
   def _handle(self, signum, frame):
     self.received = signal.Signals(signum).name
 
+  def requested(self, step: int) -> str | None:
+    """The signal's name when this step is where the run stops, else None (call every step)."""
+    if self._multi:
+      from jax.experimental import multihost_utils
+      if multihost_utils.reached_preemption_sync_point(step):
+        self.stopped = "SIGTERM (preemption, synchronised across processes)"
+    if self.received and not self.stopped:
+      self.stopped = self.received
+    return self.stopped
+
   def restore(self):
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
+
+
+def _reconcile_best(ckpt, state: TrainState, best: dict, extra: dict) -> None:
+  """Makes best/ agree with the restored latest checkpoint's metadata after a kill: best/
+  steps after the restored step (they will be recomputed, identically) are dropped, and a
+  best step the metadata names but best/ lacks (killed between the two saves) is re-saved
+  from the restored state, which is that step's state."""
+  restored_step = int(state.step)
+  for step in ckpt.best_steps():
+    if step > restored_step:
+      ckpt.delete_best(step)
+  best_step = best.get("step")
+  if best_step == restored_step and best_step not in ckpt.best_steps():
+    ckpt.save_best(best_step, state, best["val_loss"], extra)
+    ckpt.wait()
 
 
 def config_fingerprint(config) -> str:
@@ -329,6 +364,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     _check_schedule(meta.get("schedule"), config, workdir)
     state, meta = ckpt.restore_latest(abstract_state(programs, config))
     best = meta.get("best", best)
+    _reconcile_best(ckpt, state, best, extra)
     evals_without_improvement = meta.get("evals_without_improvement", 0)
     logging.info("resuming from step %d in %s", int(state.step), workdir)
     print(f"Resuming from step {int(state.step)} (checkpoint in {workdir}/checkpoints/latest)")
@@ -371,7 +407,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
               f"{int(host['nonfinite_in_a_row'])} non-finite losses/gradients in a row at step "
               f"{step}; the last good checkpoint is intact in {workdir}/checkpoints; lower "
               "config.optim.learning_rate or check the data")
-      if step % config.train.eval_every == 0 or step == config.train.num_steps:
+      evaluated = step % config.train.eval_every == 0 or step == config.train.num_steps
+      if evaluated:
         val = validate(programs, state, val_batches)
         writer.write_scalars(step, val)
         last_metrics.update(val)
@@ -379,19 +416,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           best, evals_without_improvement = {**val, "step": step}, 0
         else:
           evals_without_improvement += 1
-        ckpt.save_best(step, state, val["val_loss"], extra)
         bar.write(f"step {step}: " + "  ".join(f"{k[4:]} {v:.2f}" for k, v in val.items()))
         patience = config.train.early_stopping_patience
         if patience and evals_without_improvement >= patience:
           stopped_by = f"early stopping after {patience} evaluations without improvement"
+      stop_requested = stopper.requested(step)
+      # latest/ before best/: a kill between the two leaves a latest whose metadata names a
+      # best step that best/ lacks, which the rerun restores (`_reconcile_best`).
       if (step % config.train.checkpoint_every == 0 or step == config.train.num_steps
-          or stopper.received or stopped_by):
+          or stop_requested or stopped_by):
         ckpt.save_latest(step, state, {"next_batch": step},
                          {**extra, "best": best,
                           "evals_without_improvement": evals_without_improvement},
                          force=True)
-      if stopper.received:
-        stopped_by = f"{stopper.received}: checkpoint saved at step {step}, rerun to resume"
+      if evaluated:
+        ckpt.save_best(step, state, val["val_loss"], extra)
+      if stop_requested:
+        stopped_by = f"{stop_requested}: checkpoint saved at step {step}, rerun to resume"
       if stopped_by:
         break
   finally:
@@ -400,10 +441,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     ckpt.wait()
     ckpt.close()
     writer.close()
+  if jax.process_count() > 1:
+    # Every process leaves together: one that exits while another is still inside orbax's
+    # last save or the coordination service's shutdown aborts the other.
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("train_and_evaluate finished")
   if stopped_by:
     print(f"Stopped: {stopped_by}")
   result = {"step": step, "best": best, "last": last_metrics, "stopped_by": stopped_by,
-            "interrupted": bool(stopper.received)}
+            "interrupted": bool(stopper.stopped)}
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "train_summary.json"), "w") as f:
       json.dump(result, f, indent=1, default=float)

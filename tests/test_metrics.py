@@ -194,3 +194,28 @@ def test_mean_ci95_matches_scipy_and_ignores_nan():
   assert mean == pytest.approx(finite.mean())
   assert (lo, hi) == pytest.approx(expected)
   assert math.isnan(metrics.mean_ci95([3.0, np.nan])[1])
+
+
+def test_evaluation_sisdr_scores_silence_as_a_failure_and_matches_the_loss():
+  from spatialsep_jax import losses
+  rng = np.random.default_rng(7)
+  ref = (0.05 * rng.standard_normal((2, 8000))).astype(np.float32)
+  noise = (0.05 * rng.standard_normal((2, 8000))).astype(np.float32)
+  cases = {"zero": np.zeros_like(ref), "vanishing": 1e-10 * ref, "perfect": ref,
+           "small perfect": 1e-3 * ref, "white noise": noise}
+  for name, est in cases.items():
+    batched = np.asarray(metrics.sisdr(est, ref))
+    per_example = metrics.evaluate_example(est, ref, ref.sum(0), 8000, metrics=("sisdr",),
+                                           align=False)["sisdr"]
+    loss = -np.asarray(losses.pairwise_neg_sisdr(est[None], ref[None]))[0]
+    if "perfect" not in name:  # above ~100 dB only float32 rounding differs between paths
+      np.testing.assert_allclose(per_example, batched, atol=1e-3, err_msg=name)
+      np.testing.assert_allclose(np.diag(loss), batched, atol=1e-2, err_msg=name)
+    else:
+      assert (per_example > 40).all() and (np.diag(loss) > 40).all(), name
+    if name in ("zero", "vanishing"):
+      assert (batched <= -60).all(), (name, batched)
+    elif "perfect" in name:
+      assert (batched > 40).all(), (name, batched)
+    else:
+      assert (batched < -20).all(), (name, batched)

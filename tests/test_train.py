@@ -214,3 +214,45 @@ def test_fingerprint_ignores_how_the_function_is_computed():
   scanned.model.scan_blocks = True  # a different parameter layout
   assert train.config_fingerprint(same) == train.config_fingerprint(config)
   assert train.config_fingerprint(scanned) != train.config_fingerprint(config)
+
+
+def test_extending_a_run_never_moves_its_learning_rate_boundaries(smoke_dataset, tmp_path):
+  workdir = str(tmp_path / "run")
+  derived = dict(optim__decay_every_steps=0, train__eval_every=3, train__checkpoint_every=3)
+  train.train_and_evaluate(_config(smoke_dataset, train__num_steps=3, **derived), workdir,
+                           progress=False)
+  # 3 steps derive a decay every step; 9 would derive every 3: refused, with the fix named.
+  with pytest.raises(ValueError, match="--config.optim.decay_every_steps=1"):
+    train.train_and_evaluate(_config(smoke_dataset, train__num_steps=9, **derived), workdir,
+                             progress=False)
+  kept = _config(smoke_dataset, train__num_steps=6, **dict(derived, optim__decay_every_steps=1))
+  result = train.train_and_evaluate(kept, workdir, progress=False)
+  assert result["step"] == 6
+  rates = {row["step"]: row["learning_rate"] for row in
+           summary.read_metrics(os.path.join(workdir, "logs")) if "learning_rate" in row}
+  # StepLR with decay 0.2 every step, logged at each step's start value.
+  for step, rate in rates.items():
+    assert rate == pytest.approx(1e-3 * 0.2 ** (step - 1), rel=1e-5)
+
+
+def _best_step_on_disk(workdir, config):
+  from spatialsep_jax import checkpoint
+  programs = train.build_programs(config)
+  _, _, step = checkpoint.restore_params(workdir, train.abstract_state(programs, config), "best")
+  return step
+
+
+@pytest.mark.parametrize("lost", ["best", "latest"])
+def test_best_and_latest_agree_after_a_kill_between_the_two_saves(smoke_dataset, tmp_path, lost):
+  import shutil
+  workdir = str(tmp_path / "run")
+  config = _config(smoke_dataset, train__num_steps=6, train__eval_every=2,
+                   train__checkpoint_every=4, train__keep_best=5)
+  straight = train.train_and_evaluate(config, workdir, progress=False)
+  # The kill between saving latest/6 and best/6 (best lost), or between best/6 and a
+  # latest/6 that was never written (latest lost: the run restarts from latest/4).
+  shutil.rmtree(os.path.join(workdir, "checkpoints", lost, "6"))
+  again = train.train_and_evaluate(config, workdir, progress=False)
+  assert again["best"]["step"] == straight["best"]["step"]
+  assert _best_step_on_disk(workdir, config) == again["best"]["step"]
+  assert again["best"]["val_loss"] == pytest.approx(straight["best"]["val_loss"], rel=1e-6)
