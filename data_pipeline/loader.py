@@ -194,6 +194,9 @@ class BatchAssembler:
                            if self.stored_targets else []))
     self._source = None
     shards.keep_freed_memory()  # before the loader's threads start (see there)
+    # Opened here, not first in a loader thread, so that a damaged shard is one ShardError
+    # from make_loader rather than an error wrapped by tf.data or Grain.
+    _ = self.source
 
   def __getstate__(self):
     state = self.__dict__.copy()

@@ -335,3 +335,16 @@ def test_fewer_train_examples_than_the_batch_is_refused_up_front(shards_dir, bac
   evaluation = loader.make_loader(make_config(loader=backend), shards_dir, "val", train=False,
                                   batch_size=NUM_VAL + 2, process_index=0, process_count=1)
   assert [len(b["example_id"]) for b in evaluation] == [NUM_VAL]  # one short eval batch is fine
+
+
+@pytest.mark.parametrize("backend", ["tfdata", "grain"])
+def test_damaged_shard_fails_when_the_loader_is_built(tmp_path, backend):
+  render.render_dataset(str(tmp_path), {"train": 6}, 3, functools.partial(fake_example),
+                        manifest_extra(), "h", num_workers=0, progress=False)
+  manifest = shards.read_manifest(str(tmp_path))
+  path = tmp_path / manifest["splits"]["train"][1]["file"]
+  with open(path, "r+b") as f:
+    f.truncate(500)
+  with pytest.raises(shards.ShardError, match=f"shard {path} is truncated"):
+    loader.make_loader(make_config(loader=backend), str(tmp_path), "train", train=True,
+                       batch_size=2, process_index=0, process_count=1)
