@@ -109,9 +109,9 @@ def probe(model, params, mixture, sources) -> dict:
   def loss_fn(p):
     return neg_pit_sisdr(model.apply({"params": p}, mixture), sources)
 
-  loss, grads = jax.value_and_grad(loss_fn)(params)
-  _, state = model.apply({"params": params}, mixture, capture_intermediates=True,
-                         mutable=["intermediates"])
+  loss, grads = jax.jit(jax.value_and_grad(loss_fn))(params)
+  _, state = jax.jit(lambda p: model.apply({"params": p}, mixture, capture_intermediates=True,
+                                           mutable=["intermediates"]))(params)
   inter = state["intermediates"]
   out = {"loss": float(loss)}
   e = model.enc_basis
