@@ -43,7 +43,7 @@ class MetricWriter:
     if resume_step is not None:
       self.dropped = self._jsonl.keep_only(lambda row: int(row.get("step", 0)) <= resume_step)
     self._events = EventFileWriter(logdir)
-    if resume_step:
+    if resume_step is not None:  # also at 0: events of a run killed before its first checkpoint
       self._events.add_event(event_pb2.Event(
           step=int(resume_step) + 1, wall_time=time.time(),
           session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
