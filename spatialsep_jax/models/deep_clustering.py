@@ -164,10 +164,10 @@ class DeepClustering(nn.Module):
   def _embedding_net(self, x):
     if self.embedding_net == "blstm":
       for index in range(self.num_layers):
-        x = nn.Bidirectional(
-            nn.RNN(nn.OptimizedLSTMCell(self.hidden, dtype=self.dtype), name=f"forward_{index}"),
-            nn.RNN(nn.OptimizedLSTMCell(self.hidden, dtype=self.dtype), name=f"backward_{index}"),
-            name=f"blstm_{index}")(x)
+        # Cells made here belong to this module: named per layer and direction.
+        forward = nn.OptimizedLSTMCell(self.hidden, dtype=self.dtype, name=f"lstm_{index}_fwd")
+        backward = nn.OptimizedLSTMCell(self.hidden, dtype=self.dtype, name=f"lstm_{index}_bwd")
+        x = nn.Bidirectional(nn.RNN(forward), nn.RNN(backward))(x)
       return x
     # Dilated temporal convolutions (frames as time, bins as channels), pre-norm residual.
     x = nn.Dense(self.hidden, dtype=self.dtype, name="conv_in")(x)
