@@ -39,6 +39,8 @@ flags.DEFINE_bool("hlo_bytes", False, "step: also count the bytes the optimised 
                   "read and write per step (operands + results of every fusion, custom call and "
                   "copy, as launch/profile_summary.py --hlo; a scanned body counted once) and "
                   "measure this device's copy bandwidth, to give the bandwidth the step implies")
+flags.DEFINE_list("uconv_cases", ["1:32x128x4", "2:32x128x4"],
+                  "uconv_kernels: stride:ROWSxCHANNELSxWARPS Pallas tile configurations timed")
 flags.DEFINE_integer("e2e_steps", 0, "step: also time this many steps fed by the real loader "
                      "from rendered shards (rendered first when missing), against the step-only rate")
 FLAGS = flags.FLAGS
@@ -396,15 +398,23 @@ def _median_ms(fn, *args, repeats: int = 20) -> float:
   return 1e3 * float(np.median(times))
 
 
-UCONV_TILES = ((64, 128), (32, 128), (64, 64))
+def _uconv_cases(cases) -> dict[int, list[tuple[int, int, int]]]:
+  """'stride:ROWSxCHANNELSxWARPS' items -> {stride: [(rows, channels, warps), ...]}."""
+  by_stride = {}
+  for case in cases:
+    stride, _, tile = case.partition(":")
+    rows, channels, warps = (int(v) for v in tile.split("x"))
+    by_stride.setdefault(int(stride), []).append((rows, channels, warps))
+  return by_stride
 
 
-def bench_uconv_kernels(workdir: str, shape=(16, 3200, 1026), tiles=UCONV_TILES) -> None:
+def bench_uconv_kernels(workdir: str, shape=(16, 3200, 1026), cases=None) -> None:
   """The Pallas U-ConvBlock level (`pallas_uconv.depthwise_norm`, conv + GLN) and plain
   depthwise conv against the XLA path at the IPD+ILD model's level shapes ([16, 3200, 1026]
   bfloat16 input, stride 1 and 2): relative L2 errors of the output and every gradient
   against the float32 XLA result (the XLA bfloat16 path's own errors beside them), and the
-  forward + backward time of each (median of 20 waited-for calls), per tile shape."""
+  forward + backward time of each (median of 20 waited-for calls), per tile shape and
+  warps per program (--uconv_cases)."""
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -420,7 +430,8 @@ def bench_uconv_kernels(workdir: str, shape=(16, 3200, 1026), tiles=UCONV_TILES)
     got, want = got.astype(jnp.float32), want.astype(jnp.float32)
     return float(jnp.linalg.norm((got - want).ravel()) / jnp.linalg.norm(want.ravel()))
 
-  for stride in (1, 2):
+  defaults = (pallas_uconv.TILE_ROWS, pallas_uconv.TILE_CHANNELS, pallas_uconv.NUM_WARPS)
+  for stride, tiles in _uconv_cases(cases or FLAGS.uconv_cases).items():
     x = jnp.asarray(rng.standard_normal((batch, length, channels)), jnp.float32)
     params = [jnp.asarray(rng.uniform(-0.45, 0.45, shape), jnp.float32)
               for shape in ((5, channels), (channels,))]
@@ -445,8 +456,9 @@ def bench_uconv_kernels(workdir: str, shape=(16, 3200, 1026), tiles=UCONV_TILES)
     conv_xla = jax.jit(lambda x_, k_: jax.vjp(
         lambda a, b: layers.depthwise_conv1d(a, b, stride, "slices"), x_, k_)[1](weights))
     conv_xla_ms = _median_ms(conv_xla, x16, params[0].astype(jnp.bfloat16))
-    for tile_rows, tile_channels in tiles:
+    for tile_rows, tile_channels, warps in tiles:
       pallas_uconv.TILE_ROWS, pallas_uconv.TILE_CHANNELS = tile_rows, tile_channels
+      pallas_uconv.NUM_WARPS = warps
       pallas_fn = value_and_grads(
           lambda *a: pallas_uconv.depthwise_norm(*a, stride, layers.GLN_EPS))
       errors = dict(zip(names, map(relative, pallas_fn(x16, *params), truth)))
@@ -457,13 +469,15 @@ def bench_uconv_kernels(workdir: str, shape=(16, 3200, 1026), tiles=UCONV_TILES)
       conv_errors = [relative(g, w) for g, w in zip(got, want)]
       row = {"benchmark": "uconv_kernels", "shape": [batch, length, channels], "stride": stride,
              "dtype": "bfloat16", "tile_rows": tile_rows, "tile_channels": tile_channels,
+             "num_warps": warps,
+             "code": pallas_uconv.KERNEL_VERSION,
              "pallas_errors": errors, "xla_errors": xla_errors,
              "conv_grad_errors_vs_xla_bf16": conv_errors,
              "level_fwd_bwd_ms": {"xla": xla_ms, "pallas": _median_ms(pallas_fn, x16, *params)},
              "conv_bwd_ms": {"xla": conv_xla_ms,
                              "pallas": _median_ms(conv_pallas, x16, params[0].astype(jnp.bfloat16))}}
       _record(workdir, row)
-    pallas_uconv.TILE_ROWS, pallas_uconv.TILE_CHANNELS = tiles[0]
+  pallas_uconv.TILE_ROWS, pallas_uconv.TILE_CHANNELS, pallas_uconv.NUM_WARPS = defaults
 
 
 def write_markdown(workdir: str) -> str:
@@ -504,7 +518,8 @@ def write_markdown(workdir: str) -> str:
       figure = f"{r['bytes_accessed_gb']:.1f} GB accessed, {r['gflops']:.0f} GFLOP"
     elif r["benchmark"] == "uconv_kernels":
       what = (f"U-ConvBlock level conv + GLN fwd + bwd, {r['shape']} {r['dtype']}, stride "
-              f"{r['stride']}, Pallas tiles {r['tile_rows']} x {r['tile_channels']}")
+              f"{r['stride']}, Pallas tiles {r['tile_rows']} x {r['tile_channels']}, "
+              f"{r.get('num_warps', 4)} warps" + (f" ({r['code']})" if r.get("code") else ""))
       worst = max(r["pallas_errors"].values())
       figure = (f"XLA {r['level_fwd_bwd_ms']['xla']:.2f} ms, Pallas "
                 f"{r['level_fwd_bwd_ms']['pallas']:.2f} ms; conv backward alone XLA "

@@ -40,9 +40,14 @@ try:  # the Triton-specific load/store with masks
 except ImportError:  # pragma: no cover
   plgpu = None
 
-TILE_ROWS = 64          # output rows per program (x rows: stride * TILE_ROWS)
+# Tile shape: on the H200 at [16, 3200, 1026] bfloat16, 32 x 128 (32 elements per thread
+# at 4 warps) ran the level 2.6x (stride 1) and 2.3x (stride 2) faster than 64 x 128, and
+# as fast as 64 x 64 (benchmarks/h200/results.md).
+TILE_ROWS = 32          # output rows per program (x rows: stride * TILE_ROWS)
 TILE_CHANNELS = 128     # channels per program
 NUM_WARPS = 4
+# Recorded with the kernel timings (benchmark.py --what=uconv_kernels).
+KERNEL_VERSION = "phase-split backward: each shifted output gradient read once for all phases"
 
 
 def _interpret() -> bool:
@@ -131,7 +136,7 @@ def _forward(x, kernel, bias, stride, with_stats, tile_rows=None, tile_channels=
 # ------------------------------------------------------------------ backward kernels
 def _backward_kernel(*refs, stride, kernel_size, length, out_length, channels, tile_rows,
                      tile_channels, fused_norm):
-  """dx tile (stride * tile_rows rows of x) and this tile's [K, C] kernel-gradient and [C]
+  """dx rows of this tile (stride * tile_rows rows of x) and its [K, C] kernel-gradient and [C]
   bias-gradient partials (tile_rows output rows). With `fused_norm`, the conv's output
   gradient is the global layer norm's input gradient, computed here from the norm's
   output gradient g and its input y:
@@ -157,27 +162,29 @@ def _backward_kernel(*refs, stride, kernel_size, length, out_length, channels, t
     dy = rstd * (g * scale - mean_g - (y - mean) * rstd * mean_gn)
     return jnp.where(mask, dy, 0.0)
 
-  # Input gradient: dx[j] = sum_k w[k] dy[(j + p - k) / stride] over the taps k where the
-  # division is exact and the output row exists.
-  x_rows = stride * t * tile_rows + jnp.arange(stride * tile_rows)
-  d_x = jnp.zeros((stride * tile_rows, tile_channels), jnp.float32)
-  for k in range(kernel_size):
-    shifted = x_rows + (padding - k)
-    if stride == 1:
-      grad = output_grad(shifted)
-    else:
-      # shifted + stride * padding >= 0, so truncating division is floor division here
-      offset = shifted + stride * padding
-      exact = jax.lax.rem(offset, stride) == 0
-      rows = jnp.where(exact, jax.lax.div(offset, stride) - padding, -1)
-      grad = output_grad(rows)
-    d_x = d_x + grad * _load_vector(w_ref, k, cols, col_mask)[None, :]
-  dx_mask = (x_rows < length)[:, None] & col_mask[None, :]
-  plgpu.store(dx_ref.at[b, x_rows[:, None], cols[None, :]], d_x.astype(dx_ref.dtype),
-              mask=dx_mask)
-  # Kernel and bias gradient partials over this tile's output rows.
+  # Input gradient, one phase r per x row j = stride m + r (m an output row of this tile):
+  # dx[stride m + r] = sum_k w[k] dy[m + shift] with shift = (r + p - k) / stride where exact.
+  # Each shifted dy is computed once and added to every phase that uses it (for stride 2:
+  # 3 shifted reads of the output gradient instead of 5 half-masked ones of twice the rows).
   out_rows = t * tile_rows + jnp.arange(tile_rows)
-  grad = output_grad(out_rows)
+  d_x = [jnp.zeros((tile_rows, tile_channels), jnp.float32) for _ in range(stride)]
+  grad_at_rows = None
+  for shift in range(-(padding // stride) - 1, (stride - 1 + padding) // stride + 1):
+    taps = [(r, r + padding - stride * shift) for r in range(stride)]
+    taps = [(r, k) for r, k in taps if 0 <= k < kernel_size]
+    if not taps:
+      continue
+    grad = output_grad(out_rows + shift)
+    if shift == 0:
+      grad_at_rows = grad
+    for r, k in taps:
+      d_x[r] = d_x[r] + grad * _load_vector(w_ref, k, cols, col_mask)[None, :]
+  for r in range(stride):
+    x_rows = stride * out_rows + r
+    plgpu.store(dx_ref.at[b, x_rows[:, None], cols[None, :]], d_x[r].astype(dx_ref.dtype),
+                mask=(x_rows < length)[:, None] & col_mask[None, :])
+  # Kernel and bias gradient partials over this tile's output rows.
+  grad = output_grad(out_rows) if grad_at_rows is None else grad_at_rows
   for k in range(kernel_size):
     tap, _ = _load_rows(x_ref, b, stride * out_rows + (k - padding), cols, length, col_mask)
     plgpu.store(part_ref.at[b, t, k, cols], jnp.sum(tap * grad, axis=0), mask=col_mask)
