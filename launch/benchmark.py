@@ -41,6 +41,8 @@ flags.DEFINE_bool("hlo_bytes", False, "step: also count the bytes the optimised 
                   "measure this device's copy bandwidth, to give the bandwidth the step implies")
 flags.DEFINE_list("uconv_cases", ["1:32x128x4", "2:32x128x4"],
                   "uconv_kernels: stride:ROWSxCHANNELSxWARPS Pallas tile configurations timed")
+flags.DEFINE_list("uconv_shape", ["16", "3200", "1026"], "uconv_kernels: B,L,C of the level "
+                  "input (1026 = the IPD+ILD blocks' channels; 1024 tells what row alignment costs)")
 flags.DEFINE_bool("uconv_conv_alone", True, "uconv_kernels: also time the plain depthwise "
                   "conv's backward (Pallas and XLA)")
 flags.DEFINE_integer("e2e_steps", 0, "step: also time this many steps fed by the real loader "
@@ -410,7 +412,7 @@ def _uconv_cases(cases) -> dict[int, list[tuple[int, int, int]]]:
   return by_stride
 
 
-def bench_uconv_kernels(workdir: str, shape=(16, 3200, 1026), cases=None) -> None:
+def bench_uconv_kernels(workdir: str, shape=None, cases=None) -> None:
   """The Pallas U-ConvBlock level (`pallas_uconv.depthwise_norm`, conv + GLN) and plain
   depthwise conv against the XLA path at the IPD+ILD model's level shapes ([16, 3200, 1026]
   bfloat16 input, stride 1 and 2): relative L2 errors of the output and every gradient
@@ -421,7 +423,7 @@ def bench_uconv_kernels(workdir: str, shape=(16, 3200, 1026), cases=None) -> Non
   import jax.numpy as jnp
   import numpy as np
   from spatialsep_jax.models import layers, pallas_uconv
-  batch, length, channels = shape
+  batch, length, channels = shape or tuple(int(v) for v in FLAGS.uconv_shape)
   rng = np.random.default_rng(0)
 
   def xla_level(x, kernel, bias, scale, norm_bias, stride):
@@ -455,6 +457,7 @@ def bench_uconv_kernels(workdir: str, shape=(16, 3200, 1026), cases=None) -> Non
     names = ("output", "dx", "d_kernel", "d_bias", "d_scale", "d_norm_bias")
     xla_errors = dict(zip(names, map(relative, xla_fn(x16, *params), truth)))
     xla_ms = _median_ms(xla_fn, x16, *params)
+    xla_fwd_ms = _median_ms(jax.jit(lambda *a: xla_level(*a, stride)), x16, *params)
     conv_xla = jax.jit(lambda x_, k_: jax.vjp(
         lambda a, b: layers.depthwise_conv1d(a, b, stride, "slices"), x_, k_)[1](weights))
     kernel16 = params[0].astype(jnp.bfloat16)
@@ -479,6 +482,8 @@ def bench_uconv_kernels(workdir: str, shape=(16, 3200, 1026), cases=None) -> Non
              "pallas_errors": errors, "xla_errors": xla_errors,
              "conv_grad_errors_vs_xla_bf16": conv_errors,
              "level_fwd_bwd_ms": {"xla": xla_ms, "pallas": _median_ms(pallas_fn, x16, *params)},
+             "level_fwd_ms": {"xla": xla_fwd_ms, "pallas": _median_ms(jax.jit(
+                 lambda *a: pallas_uconv.depthwise_norm(*a, stride, layers.GLN_EPS)), x16, *params)},
              "conv_bwd_ms": conv_ms}
       _record(workdir, row)
   pallas_uconv.TILE_ROWS, pallas_uconv.TILE_CHANNELS, pallas_uconv.NUM_WARPS = defaults
@@ -528,6 +533,8 @@ def write_markdown(workdir: str) -> str:
       conv = r.get("conv_bwd_ms")
       figure = (f"XLA {r['level_fwd_bwd_ms']['xla']:.2f} ms, Pallas "
                 f"{r['level_fwd_bwd_ms']['pallas']:.2f} ms; "
+                + (f"forward alone XLA {r['level_fwd_ms']['xla']:.2f}, Pallas "
+                   f"{r['level_fwd_ms']['pallas']:.2f} ms; " if "level_fwd_ms" in r else "")
                 + (f"conv backward alone XLA {conv['xla']:.2f}, Pallas {conv['pallas']:.2f} ms; "
                    if conv else "")
                 + f"largest relative error vs float32: Pallas {worst:.1e}, XLA bf16 "

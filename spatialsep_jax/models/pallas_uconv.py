@@ -24,7 +24,7 @@ the activation dtype first, as the XLA path does. Accumulation differs from the 
 (one float32 sum of the K taps instead of XLA's per-op rounding in bfloat16), so bfloat16
 results agree to bfloat16 rounding, float32 ones to float32 rounding (tests/test_pallas_uconv.py).
 
-Tiles: `TILE_ROWS` output rows x `TILE_CHANNELS` channels per program; shifted taps are
+Tiles: `_tile_rows(stride)` output rows x `TILE_CHANNELS` channels per program; shifted taps are
 loaded with row indices clamped into the array and masked (halo rows come from the
 neighbours' part of the array through the caches, not from a second HBM pass).
 """
@@ -40,10 +40,13 @@ try:  # the Triton-specific load/store with masks
 except ImportError:  # pragma: no cover
   plgpu = None
 
-# Tile shape: on the H200 at [16, 3200, 1026] bfloat16, 32 x 128 (32 elements per thread
-# at 4 warps) ran the level 2.6x (stride 1) and 2.3x (stride 2) faster than 64 x 128, and
-# as fast as 64 x 64 (benchmarks/h200/results.md).
-TILE_ROWS = 32          # output rows per program (x rows: stride * TILE_ROWS)
+# Tile shape, from the H200 at [16, 3200, 1026] bfloat16 (benchmarks/h200/results.md): the
+# level's forward + backward with 16 x 128 tiles at stride 1 (1.05 ms; 32 x 128: 1.16,
+# 32 x 64: 1.08) and 32 x 128 at stride 2 (0.70 ms, 8 warps no faster); 64 x 128 tiles (64
+# float32 elements per thread and tensor at 4 warps) were 2-4x slower.
+TILE_ROWS = None        # output rows per program for every stride; None: TILE_ROWS_BY_STRIDE
+TILE_ROWS_BY_STRIDE = {1: 16}
+TILE_ROWS_DEFAULT = 32  # strides not in TILE_ROWS_BY_STRIDE
 TILE_CHANNELS = 128     # channels per program
 NUM_WARPS = 4
 # Recorded with the kernel timings (benchmark.py --what=uconv_kernels).
@@ -58,6 +61,10 @@ def _call(kernel, grid, out_shape, name):
   params = {} if _interpret() else {"compiler_params": plgpu.CompilerParams(num_warps=NUM_WARPS)}
   return pl.pallas_call(kernel, grid=grid, out_shape=out_shape, interpret=_interpret(),
                         name=name, **params)
+
+
+def _tile_rows(stride: int) -> int:
+  return TILE_ROWS or TILE_ROWS_BY_STRIDE.get(stride, TILE_ROWS_DEFAULT)
 
 
 def _tiles(out_length, channels, tile_rows, tile_channels):
@@ -119,7 +126,7 @@ def _forward(x, kernel, bias, stride, with_stats, tile_rows=None, tile_channels=
   if kernel_size % 2 != 1:
     raise ValueError(f"the Pallas depthwise conv needs an odd kernel size, got {kernel_size}")
   out_length = (length - 1) // stride + 1
-  tile_rows = tile_rows or TILE_ROWS
+  tile_rows = tile_rows or _tile_rows(stride)
   tile_channels = tile_channels or TILE_CHANNELS
   num_t, num_c = _tiles(out_length, channels, tile_rows, tile_channels)
   out_shape = [jax.ShapeDtypeStruct((batch, out_length, channels), x.dtype)]
@@ -197,7 +204,7 @@ def _backward(grad, x, kernel, stride, norm=None, tile_rows=None, tile_channels=
   batch, length, channels = x.shape
   kernel_size = kernel.shape[0]
   out_length = grad.shape[1]
-  tile_rows = tile_rows or TILE_ROWS
+  tile_rows = tile_rows or _tile_rows(stride)
   tile_channels = tile_channels or TILE_CHANNELS
   num_t, num_c = _tiles(out_length, channels, tile_rows, tile_channels)
   out_shape = [jax.ShapeDtypeStruct(x.shape, x.dtype),
@@ -227,9 +234,9 @@ def _norm_sums_kernel(g_ref, y_ref, coef_ref, out_ref, *, length, channels, tile
   plgpu.store(out_ref.at[b, t, 1, cols], jnp.sum(g * normed, axis=0), mask=col_mask)
 
 
-def _norm_sums(grad, y, coef, tile_rows=None, tile_channels=None):
+def _norm_sums(grad, y, coef, stride, tile_rows=None, tile_channels=None):
   batch, length, channels = y.shape
-  tile_rows = tile_rows or TILE_ROWS
+  tile_rows = tile_rows or _tile_rows(stride)
   tile_channels = tile_channels or TILE_CHANNELS
   num_t, num_c = _tiles(length, channels, tile_rows, tile_channels)
   body = functools.partial(_norm_sums_kernel, length=length, channels=channels,
@@ -288,7 +295,7 @@ def _level_bwd(stride, eps, residuals, grad):
   del eps
   x, kernel_c, y, scale, mean, rstd, kernel, bias = residuals
   zeros = jnp.zeros_like(mean)
-  sums = _norm_sums(grad, y, jnp.stack([mean, rstd, zeros, zeros], axis=1))  # [B, 2, C]
+  sums = _norm_sums(grad, y, jnp.stack([mean, rstd, zeros, zeros], axis=1), stride)  # [B, 2, C]
   count = y.shape[1] * y.shape[2]
   mean_g = jnp.sum(sums[:, 0] * scale, axis=1) / count
   mean_gn = jnp.sum(sums[:, 1] * scale, axis=1) / count
