@@ -39,7 +39,7 @@ flags.DEFINE_bool("hlo_bytes", False, "step: also count the bytes the optimised 
                   "read and write per step (operands + results of every fusion, custom call and "
                   "copy, as launch/profile_summary.py --hlo; a scanned body counted once) and "
                   "measure this device's copy bandwidth, to give the bandwidth the step implies")
-flags.DEFINE_list("uconv_cases", ["1:32x128x4", "2:32x128x4"],
+flags.DEFINE_list("uconv_cases", ["1:16x128x4", "2:32x128x4"],
                   "uconv_kernels: stride:ROWSxCHANNELSxWARPS Pallas tile configurations timed")
 flags.DEFINE_list("uconv_shape", ["16", "3200", "1026"], "uconv_kernels: B,L,C of the level "
                   "input (1026 = the IPD+ILD blocks' channels; 1024 tells what row alignment costs)")

@@ -21,3 +21,18 @@ def test_norm_cost_ranks_the_norm_implementations_by_bytes_moved(tmp_path):
   assert moved["fused_partials"] >= 4 * rows["fused_partials"]["tensor_mb"]
   table = (tmp_path / "results.md").read_text()
   assert table.count("| norm_cost |") == 3
+
+
+def test_uconv_kernels_rows_compare_pallas_with_xla(tmp_path):
+  """The GPU kernel check runs anywhere (Pallas interpret mode off the GPU) on a tiny level."""
+  subprocess.run([sys.executable, os.path.join(ROOT, "launch", "benchmark.py"),
+                  "--what=uconv_kernels", "--uconv_shape=2,24,10", "--uconv_cases=2:8x4x4",
+                  "--nouconv_conv_alone", f"--workdir={tmp_path}"],
+                 cwd=ROOT, check=True, capture_output=True, text=True, timeout=600)
+  row, = map(json.loads, open(tmp_path / "results.jsonl"))
+  assert (row["stride"], row["tile_rows"], row["tile_channels"]) == (2, 8, 4)
+  assert set(row["pallas_errors"]) == {"output", "dx", "d_kernel", "d_bias", "d_scale",
+                                       "d_norm_bias"}
+  assert max(row["pallas_errors"].values()) < 1e-2  # bfloat16 against the float32 XLA path
+  assert row["level_fwd_bwd_ms"]["pallas"] > 0 and row["conv_bwd_ms"] is None
+  assert "| uconv_kernels |" in (tmp_path / "results.md").read_text()
