@@ -50,7 +50,7 @@ def main(argv):
   del argv
   common.setup_logging()
   from data_pipeline import dataset
-  from spatialsep_jax import report
+  from configs.proj.study import report
   root = FLAGS.workdir
   os.makedirs(root, exist_ok=True)
   configs = {entry: _load(entry) for entry in FLAGS.configs}

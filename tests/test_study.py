@@ -37,7 +37,7 @@ def test_paired_differences_match_numpy():
   import numpy as np
   import pytest
   from scipy import stats
-  from spatialsep_jax import report
+  from configs.proj.study import report
   rng = np.random.default_rng(0)
   def rows(values):
     return {i: {"example_id": i, "separation_deg": 10.0 * i, "sex_pair": "same-sex" if i % 2
