@@ -154,9 +154,23 @@ def run_evaluation(config, workdir: str, *, which: str = "best", split: str | No
                    shards_dir: str | None = None, progress: bool = True) -> dict:
   """Evaluates a trained run on `split` (the task of `config.eval.task`), with the oracle
   masks of `config.eval.oracles` scored beside it; returns the summary (also on disk)."""
+  split = split or config.eval.split
+  programs, variables, step = load_trained(config, workdir, which)
+  out_dir = os.path.join(workdir, "eval", f"{split}-{which}-step{step}")
+  summary = evaluate_variables(config, variables, out_dir, split=split, shards_dir=shards_dir,
+                               progress=progress, model=programs.model)
+  summary.update(checkpoint=which, step=int(step), workdir=workdir)
+  _write_summary(summary, out_dir)
+  summary["out_dir"] = out_dir
+  return summary
+
+
+def evaluate_variables(config, variables, out_dir: str, *, split: str | None = None,
+                       shards_dir: str | None = None, progress: bool = True, model=None) -> dict:
+  """Scores `variables` ({"params", ...}) of `config`'s model on `split` into `out_dir`
+  (rows.csv, oracle rows, summary); resumes from the rows already there."""
   from data_pipeline import dataset
   from data_pipeline import loader as loader_lib
-
   split = split or config.eval.split
   shards_dir = shards_dir or dataset.shards_dir(config)
   manifest = dataset.read_manifest(shards_dir)
@@ -164,9 +178,7 @@ def run_evaluation(config, workdir: str, *, which: str = "best", split: str | No
   if split not in manifest["counts"]:
     raise ValueError(f"no split {split!r} in {shards_dir}; use one of {sorted(manifest['counts'])}")
   task = tasks.get(config.eval.task)
-  programs, variables, step = load_trained(config, workdir, which)
-  separate = make_separate_fn(config, programs.model)
-  out_dir = os.path.join(workdir, "eval", f"{split}-{which}-step{step}")
+  separate = make_separate_fn(config, model or models.build_model(config))
   os.makedirs(out_dir, exist_ok=True)
   systems = ["model"] + [f"oracle_{name}" for name in config.eval.get("oracles", ())]
   rows_paths = {name: os.path.join(out_dir, "rows.csv" if name == "model" else f"rows_{name}.csv")
@@ -234,15 +246,19 @@ def run_evaluation(config, workdir: str, *, which: str = "best", split: str | No
   summary = summarize_rows(read_rows(rows_paths["model"]))
   summary["oracles"] = {name: summarize_rows(read_rows(rows_paths[name]))["overall"]
                         for name in systems if name != "model"}
-  summary.update(split=split, checkpoint=which, step=int(step), workdir=workdir,
-                 config=config.name, task=task.name)
+  summary.update(split=split, config=config.name, task=task.name)
+  _write_summary(summary, out_dir)
+  summary["out_dir"] = out_dir
+  return summary
+
+
+def _write_summary(summary: dict, out_dir: str) -> None:
+  summary = {k: v for k, v in summary.items() if k != "out_dir"}
   with open(os.path.join(out_dir, "summary.json"), "w") as f:
     json.dump(summary, f, indent=1)
   with open(os.path.join(out_dir, "summary.md"), "w") as f:
     f.write(summary_markdown(summary))
   plot_breakdowns(summary, os.path.join(out_dir, "sisdri_by_condition.png"))
-  summary["out_dir"] = out_dir
-  return summary
 
 
 def _save_example_wavs(out_dir, example_id, mixture, references, estimates, rate):
