@@ -61,7 +61,11 @@ def kernel_times(xplane_path: str) -> dict[str, collections.Counter]:
   return planes
 
 
-KINDS = (("matmul", ("gemm", "cutlass", "cublas", "dot")),
+# The Pallas kernels of spatialsep_jax.models.pallas_uconv, by the names it gives them (a
+# generic "custom-call" can be a cuBLAS matmul, so it is not taken for one).
+PALLAS_KERNELS = ("depthwise_fwd", "depthwise_bwd", "norm_bwd_sums")
+KINDS = (("pallas", PALLAS_KERNELS),
+         ("matmul", ("gemm", "cutlass", "cublas", "dot")),
          ("copy / scan stacking", ("memcpy", "copy", "dynamic_update_slice", "memset")),
          ("reduction", ("reduce",)),
          ("elementwise", ("",)))

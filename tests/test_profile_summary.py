@@ -45,7 +45,8 @@ def test_kind_of_classifies_xla_kernel_names():
   expected = {"input_add_reduce_select_fusion": "reduction", "loop_add_fusion_2": "elementwise",
               "gemm_fusion_dot_42": "matmul", "memcpy128": "copy / scan stacking",
               "loop_dynamic_update_slice_fusion_8": "copy / scan stacking",
-              "void cutlass::Kernel2<cutlass_80_tensorop_bf16_s16816gemm>": "matmul"}
+              "void cutlass::Kernel2<cutlass_80_tensorop_bf16_s16816gemm>": "matmul",
+              "depthwise_bwd": "pallas", "norm_bwd_sums": "pallas"}
   assert {name: profile_summary.kind_of(name) for name in expected} == expected
 
 
