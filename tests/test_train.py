@@ -210,6 +210,7 @@ def test_fingerprint_ignores_how_the_function_is_computed():
   same = config.copy_and_resolve_references()
   same.model.norm_impl, same.model.remat, same.data.device_prefetch = "fused", "dots", 0
   same.model.remat_blocks = 3
+  same.model.depthwise_impl, same.model.uconv_impl = "pallas", "pallas"
   scanned = config.copy_and_resolve_references()
   scanned.model.scan_blocks = True  # a different parameter layout
   assert train.config_fingerprint(same) == train.config_fingerprint(config)

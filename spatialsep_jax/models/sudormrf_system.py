@@ -76,7 +76,8 @@ def _as_field_value(value):
 
 
 @registry.register("sudormrf", validate=validate,
-                   speed_only_fields=("norm_impl", "remat", "remat_blocks"))
+                   speed_only_fields=("norm_impl", "remat", "remat_blocks", "depthwise_impl",
+                                      "uconv_impl"))
 def build(config) -> SuDORMRF:
   """SuDoRM-RF for `len(config.data.input_channels)` channels and `config.data.num_sources`."""
   model_config = config.model
