@@ -178,4 +178,4 @@ def test_trains_and_evaluates_through_the_generic_trainer(smoke_dataset, tmp_pat
   for _ in range(30):
     state, _ = programs.train_step(state, inputs)
   after = float(np.mean(programs.eval_step(state.params, state.model_state, inputs)["loss"]))
-  assert np.isfinite(before) and after < 0.8 * before, (before, after)
+  assert np.isfinite(before) and after < 0.6 * before, (before, after)
