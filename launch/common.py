@@ -26,6 +26,69 @@ def setup_logging():
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
   for noisy in ("absl", "jax._src", "orbax", "tensorflow"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
+  _quiet_after_disk_full()
+
+
+class _DiskFullEcho(logging.Filter):
+  """After a write fails for lack of space, background writers (orbax's save threads) log the
+  same failure with long tracebacks, and their event loops print hundreds of 'Event loop is
+  closed' tracebacks while they shut down. The first such record is kept as one line; the
+  rest are dropped, and the verb's own one-line error says what to do."""
+  seen = False
+
+  def filter(self, record):
+    error = record.exc_info[1] if record.exc_info else None
+    from spatialsep_jax import io_safety
+    if (error is not None and io_safety.is_disk_full(error)) or io_safety.is_disk_full(
+        Exception(record.getMessage())):
+      if _DiskFullEcho.seen:
+        return False
+      _DiskFullEcho.seen = True
+      record.msg, record.args, record.exc_info, record.exc_text = (
+          f"a background write failed: {' '.join(str(error or record.getMessage()).split())[:200]}",
+          None, None, None)
+      return True
+    return not (_DiskFullEcho.seen and record.levelno >= logging.ERROR
+                and "orbax" in (record.pathname or ""))
+
+
+def _quiet_after_disk_full():
+  if getattr(_quiet_after_disk_full, "installed", False):
+    return
+  _quiet_after_disk_full.installed = True
+  echo = _DiskFullEcho()
+  for name in ("", "absl"):
+    logging.getLogger(name).addFilter(echo)
+    for handler in logging.getLogger(name).handlers:
+      handler.addFilter(echo)
+  previous_hook = sys.excepthook
+
+  def hook(kind, value, traceback):
+    # Printed by tensorstore callbacks into event loops orbax has already closed (after a
+    # failed write, before its error is logged): shutdown noise, never the error itself.
+    if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+      return
+    previous_hook(kind, value, traceback)
+
+  sys.excepthook = hook
+  previous_unraisable = sys.unraisablehook
+
+  def unraisable_hook(unraisable):
+    value = unraisable.exc_value
+    if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+      return
+    previous_unraisable(unraisable)
+
+  sys.unraisablehook = unraisable_hook
+  import threading
+  previous_thread_hook = threading.excepthook
+
+  def thread_hook(args):
+    if _DiskFullEcho.seen and isinstance(args.exc_value, RuntimeError):
+      return
+    previous_thread_hook(args)
+
+  threading.excepthook = thread_hook
 
 
 def default_workdir(config) -> str:
@@ -124,6 +187,10 @@ def _guarded(main):
       message = expected_error_message(e)
       if message is None or os.environ.get("SPATIALSEP_TRACEBACK"):
         raise
+      from spatialsep_jax import io_safety
+      if io_safety.is_disk_full(e):  # orbax's abandoned writes warn again at exit
+        import warnings
+        warnings.filterwarnings("ignore", message="coroutine .* was never awaited")
       fail(message)
   return guarded_main
 
@@ -180,7 +247,7 @@ def call_or_fail(function, *args, errors=USER_ERRORS, **kwargs):
   try:
     return function(*args, **kwargs)
   except errors as e:
-    fail(str(e))
+    fail(expected_error_message(e) or " ".join(str(e).split()))
 
 
 def print_evaluation(summary: dict) -> None:

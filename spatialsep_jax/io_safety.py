@@ -58,10 +58,24 @@ def is_disk_full(error: BaseException) -> bool:
 
 
 def disk_full_message(error: BaseException, path: str | None = None) -> str:
+  import re
   where = path or getattr(error, "filename", None)
-  reason = os.strerror(error.errno) if isinstance(error, OSError) and error.errno else str(error)
+  text = str(error)
+  if isinstance(error, OSError) and error.errno:
+    reason = os.strerror(error.errno)
+  else:  # e.g. tensorstore's 'OUT_OF_RANGE: Error writing local file "...": ... File too large'
+    found = re.search(r'file "([^"]+)"', text)
+    where = where or (found.group(1) if found else None)
+    reason = next((r for r in ("No space left on device", "File too large", "Disk quota exceeded")
+                   if r in text), text)
+  if where:  # the folder that exists (a checkpoint's temporary folder is removed on failure)
+    folder = os.path.dirname(os.path.abspath(where))
+    while folder and not os.path.isdir(folder):
+      folder = os.path.dirname(folder)
+  else:
+    folder = None
   target = f" writing {where}" if where else ""
-  folder = os.path.dirname(os.path.abspath(where)) if where else "the output folder"
+  folder = folder or "the output folder"
   return (f"disk full{target} ({reason}); free space on {folder} (or raise the file-size "
           "limit) and rerun: what was complete is kept (files, rows, checkpoints) and runs "
           "resume")

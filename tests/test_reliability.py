@@ -442,3 +442,32 @@ def test_evaluation_resumes_after_a_row_torn_inside_a_number(smoke_dataset, tmp_
   open(rows_path, "wb").write(complete[:cut])
   evaluation.run_evaluation(config, workdir, shards_dir=shards, progress=False)
   assert evaluation.read_rows(rows_path) == expected
+
+
+def test_training_on_a_full_disk_ends_in_one_line_and_the_rerun_finishes(smoke_dataset, tmp_path):
+  """train.py under a 30 kB file-size limit: the first checkpoint cannot be written."""
+  shards, cache = smoke_dataset
+  workdir = str(tmp_path / "run")
+  flags = ["--config=configs/mono.py:smoke", f"--workdir={workdir}",
+           f"--config.data.shards_dir={shards}", f"--config.data.cache_dir={cache}",
+           "--config.eval.after_training=False"]
+  script = textwrap.dedent(f"""
+    import resource, runpy, sys
+    sys.path.insert(0, "launch")
+    resource.setrlimit(resource.RLIMIT_FSIZE, (30000, 30000))
+    sys.argv = ["launch/train.py"] + {flags!r}
+    runpy.run_path("launch/train.py", run_name="__main__")
+  """)
+  result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=600)
+  # Progress lines and Python warnings (e.g. jax's compilation cache could not be written
+  # either) aside, the output is one line.
+  lines = [line.strip() for line in (result.stdout + result.stderr).splitlines()
+           if line.strip() and not line.strip().startswith(("mono:", "step ", "warnings.warn"))
+           and "Warning: " not in line]
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert len(lines) == 1 and lines[0].startswith("error: disk full writing "), lines[:20]
+  assert "File too large" in lines[0] and "Traceback" not in result.stderr
+  rerun = subprocess.run([sys.executable, "launch/train.py", *flags], cwd=ROOT, env=ENV,
+                         capture_output=True, text=True, timeout=600)
+  assert rerun.returncode == 0 and "Done: step 6" in rerun.stdout, rerun.stderr[-3000:]
