@@ -204,20 +204,17 @@ def separate_long(separate_chunk, audio: np.ndarray, segment: int, batch_size: i
 # ------------------------------------------------------------------------------ level
 
 def level_gains(estimates: np.ndarray, reference: np.ndarray) -> np.ndarray:
-  """Gains [S] that make sum_s g_s * estimates[s] the least-squares fit of `reference` [T]
-  (each stream at its level in the input). A stream whose joint gain is not positive gets its
-  own projection's magnitude instead (the streams are never sign-flipped or zeroed)."""
+  """Signed gains [S] that make sum_s g_s * estimates[s] the least-squares fit of `reference`
+  [T]: each stream at its level and polarity in the input (a scale-invariant loss leaves both
+  free, so a model may return a talker sign-flipped). Streams without energy get 0."""
   estimates = np.asarray(estimates, np.float64)
   reference = np.asarray(reference, np.float64)
   gram = estimates @ estimates.T
   rhs = estimates @ reference
-  energies = np.diag(gram)
   gains = np.zeros(len(estimates))
-  active = energies > 0
+  active = np.diag(gram) > 0
   if active.any():
-    joint = np.linalg.lstsq(gram[np.ix_(active, active)], rhs[active], rcond=None)[0]
-    own = np.abs(rhs[active]) / energies[active]
-    gains[active] = np.where(joint > 0, joint, own)
+    gains[active] = np.linalg.lstsq(gram[np.ix_(active, active)], rhs[active], rcond=1e-10)[0]
   return gains.astype(np.float32)
 
 

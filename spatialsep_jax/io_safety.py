@@ -33,6 +33,8 @@ import time
 import zlib
 
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 class WorkdirLocked(RuntimeError):
@@ -111,6 +113,7 @@ def atomic_path(path: str, suffix: str | None = None):
   suffix = os.path.splitext(path)[1] if suffix is None else suffix
   fd, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp" + suffix,
                                    dir=directory)
+  os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; the result is an ordinary file
   os.close(fd)
   try:
     yield temporary

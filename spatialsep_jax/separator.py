@@ -226,7 +226,7 @@ class Separator:
     config = _config_from_record(record, os.path.join(folder, "config.json"))
     from spatialsep_jax import train
     if record.get("fingerprint") and train.config_fingerprint(config) != record["fingerprint"]:
-      LOG.warning("%s: the rebuilt config's fingerprint differs from the exported one (the "
+      LOG.info("%s: the rebuilt config's fingerprint differs from the exported one (the "
                   "configs gained fields since); the parameters are checked against the model",
                   folder)
     path = os.path.join(folder, "params.msgpack")

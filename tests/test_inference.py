@@ -91,9 +91,10 @@ def test_level_gains_recover_each_streams_level_in_the_input():
   a, b = rng.normal(size=(2, 4000))
   gains = inference.level_gains(np.stack([a / 3, b * 5]), a + b)
   np.testing.assert_allclose(gains, [3.0, 0.2], rtol=1e-2)
-  # A sign-flipped stream keeps a positive gain (its own projection's magnitude).
+  # A sign-flipped stream gets a negative gain: the output has the input's polarity.
   flipped = inference.level_gains(np.stack([-a, b]), a + b)
-  assert np.all(flipped > 0)
+  np.testing.assert_allclose(flipped, [-1.0, 1.0], rtol=1e-6)
+  assert inference.level_gains(np.stack([a, 0 * b]), a).tolist() == [1.0, 0.0]
 
 
 def test_separate_recording_level_silence_nan_and_rates(caplog):

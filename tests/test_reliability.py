@@ -471,3 +471,16 @@ def test_training_on_a_full_disk_ends_in_one_line_and_the_rerun_finishes(smoke_d
   rerun = subprocess.run([sys.executable, "launch/train.py", *flags], cwd=ROOT, env=ENV,
                          capture_output=True, text=True, timeout=600)
   assert rerun.returncode == 0 and "Done: step 6" in rerun.stdout, rerun.stderr[-3000:]
+
+
+def test_atomic_write_keeps_ordinary_permissions_and_the_old_file_on_error(tmp_path):
+  path = str(tmp_path / "summary.json")
+  io_safety.atomic_write_json(path, {"a": 1})
+  umask = os.umask(0)
+  os.umask(umask)
+  assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask
+  with pytest.raises(ZeroDivisionError):
+    with io_safety.atomic_path(path) as temporary:
+      open(temporary, "w").write("half")
+      1 / 0
+  assert json.load(open(path)) == {"a": 1} and os.listdir(tmp_path) == ["summary.json"]
