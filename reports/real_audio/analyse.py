@@ -3,9 +3,10 @@
   python reports/real_audio/analyse.py MIX.wav STREAM1.wav STREAM2.wav [--out=reports/real_audio]
 
 Writes analysis.json and spectrograms.png / energy.png to --out:
-  * per stream: level (RMS dBFS), the fraction of 50-ms frames in which it is the louder
-    stream by 6 dB or more, its waveform correlation with the mixture, its median F0 over
-    voiced frames (librosa's pYIN) and the fraction of frames voiced;
+  * per stream (and the mixture): level (RMS dBFS), the fraction of 50-ms frames in which it
+    is the louder stream by 6 dB or more, its waveform correlation with the mixture, its
+    median F0 over voiced frames (librosa's pYIN), the fraction of frames voiced, and the
+    median spectral flatness (near 0: harmonic, speech-like; near 1: noise-like);
   * between the streams: the correlation of their waveforms (leakage of one into the other)
     and of their frame energies in dB (near 1: both follow the same activity, i.e. the same
     talker or the whole mixture; near 0 or below: distinct activity patterns, as two talkers
@@ -43,6 +44,13 @@ def median_f0(x, rate):
           float(np.mean(voiced)))
 
 
+def median_flatness(x):
+  """Median spectral flatness over frames (0: tonal/harmonic, 1: white noise)."""
+  import librosa
+  return float(np.median(librosa.feature.spectral_flatness(y=x.astype(np.float32), n_fft=256,
+                                                            hop_length=128)))
+
+
 def analyse(mix_path, stream_paths):
   mixture, rate = soundfile.read(mix_path, dtype="float32", always_2d=True)
   mixture = mixture[:, 0]
@@ -51,7 +59,9 @@ def analyse(mix_path, stream_paths):
   active = frame_db(mixture, rate) > frame_db(mixture, rate).max() - 40
   result = {"mixture": mix_path, "rate": rate, "seconds": len(mixture) / rate,
             "mixture_rms_dbfs": float(10 * np.log10(np.mean(mixture ** 2))),
-            "streams": []}
+            "mixture_median_f0_hz": None, "mixture_voiced_fraction": None,
+            "mixture_spectral_flatness": median_flatness(mixture), "streams": []}
+  result["mixture_median_f0_hz"], result["mixture_voiced_fraction"] = median_f0(mixture, rate)
   for k, (path, stream) in enumerate(zip(stream_paths, streams)):
     others = np.delete(energies, k, axis=0).max(axis=0)
     f0, voiced = median_f0(stream, rate)
@@ -59,7 +69,8 @@ def analyse(mix_path, stream_paths):
         "file": path, "rms_dbfs": float(10 * np.log10(np.mean(stream ** 2) + 1e-20)),
         "louder_by_6db_fraction": float(np.mean((energies[k] > others + 6)[active])),
         "correlation_with_mixture": float(np.corrcoef(stream, mixture)[0, 1]),
-        "median_f0_hz": f0, "voiced_fraction": voiced})
+        "median_f0_hz": f0, "voiced_fraction": voiced,
+        "spectral_flatness": median_flatness(stream)})
   if len(streams) == 2:
     result["waveform_correlation_between_streams"] = float(np.corrcoef(*streams)[0, 1])
     result["energy_correlation_between_streams"] = float(
@@ -86,7 +97,7 @@ def plot(out_dir, mixture, streams, energies, rate, names):
     ax.set_title(name, fontsize=9)
   axes[-1].set_xlabel("time (s)")
   fig.tight_layout()
-  fig.savefig(os.path.join(out_dir, "spectrograms.png"), dpi=80)
+  fig.savefig(os.path.join(out_dir, "spectrograms.png"), dpi=60)
   plt.close(fig)
   fig, ax = plt.subplots(figsize=(11, 3))
   t = np.arange(energies.shape[1]) * FRAME_S
