@@ -92,7 +92,7 @@ def build_run(folder: str):
   config.model.dtype = "float32"
   model = models.build(config)
   model = dataclasses.replace(model, feature_init=saved["config"]["model"].get("feature_init", "default"),
-                              norm_impl="autodiff", remat="none")
+                              norm_impl="autodiff", remat="block", remat_blocks=-1)
   with open(os.path.join(folder, "params.msgpack"), "rb") as f:
     params = flax.serialization.msgpack_restore(f.read())
   params = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), params)
@@ -106,12 +106,15 @@ def probe(model, params, mixture, sources) -> dict:
   mixture = jnp.asarray(mixture[..., :model.num_input_channels])
   sources = jnp.asarray(sources)
 
-  def loss_fn(p):
-    return neg_pit_sisdr(model.apply({"params": p}, mixture), sources)
+  def loss_fn(p, x, y):
+    return neg_pit_sisdr(model.apply({"params": p}, x), y)
 
-  loss, grads = jax.jit(jax.value_and_grad(loss_fn))(params)
-  _, state = jax.jit(lambda p: model.apply({"params": p}, mixture, capture_intermediates=True,
-                                           mutable=["intermediates"]))(params)
+  # The audio is an argument, not a closed-over constant: XLA would constant-fold the STFT.
+  loss, grads = jax.jit(jax.value_and_grad(loss_fn))(params, mixture, sources)
+  wanted = ("input_norm", "to_bottleneck", "feature_proj")  # keep only what is measured
+  keep = lambda module, method: method == "__call__" and module.name in wanted
+  _, state = jax.jit(lambda p, x: model.apply({"params": p}, x, capture_intermediates=keep,
+                                              mutable=["intermediates"]))(params, mixture)
   inter = state["intermediates"]
   out = {"loss": float(loss)}
   e = model.enc_basis
