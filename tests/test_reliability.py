@@ -323,6 +323,8 @@ def test_launch_verbs_turn_expected_errors_into_one_line(tmp_path):
         "--split=nosuch"], "--split=nosuch"),
       (["launch/evaluate.py", "--config=configs/mono.py:smoke", f"--workdir={tmp_path}/file/w"],
        "is (or is under) a file"),
+      (["launch/dnsmos.py", f"{tmp_path}/x.wav", f"{tmp_path}/nosuch.wav"],
+       "nosuch.wav does not exist"),
   ]
   for args, expected in cases:
     result = _launch(*args)
