@@ -18,6 +18,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from spatialsep_jax import checkpoint as checkpoint_lib
+from spatialsep_jax import io_safety
 from spatialsep_jax import metrics as metrics_lib
 from spatialsep_jax import models
 from spatialsep_jax import oracles as oracles_lib
@@ -127,9 +128,8 @@ def read_rows(path: str) -> list[dict]:
   """The rows of a rows.csv (values parsed back to numbers and booleans); [] when missing."""
   if not os.path.exists(path):
     return []
-  with open(path, newline="") as f:
-    rows = list(csv.DictReader(f))
-  return [{k: _parse(v) for k, v in row.items()} for row in rows]
+  # Complete rows only (a torn last row is left out; the checksum column is not a value).
+  return [{k: _parse(v) for k, v in row.items()} for row in io_safety.read_csv(path)]
 
 
 def _parse(value: str):
@@ -142,12 +142,9 @@ def _parse(value: str):
 
 
 def _open_rows(path: str, fieldnames: list):
-  new_file = not os.path.exists(path) or os.path.getsize(path) == 0
-  handle = open(path, "a", newline="")
-  writer = csv.DictWriter(handle, fieldnames=fieldnames)
-  if new_file:
-    writer.writeheader()
-  return handle, writer
+  """An appender of rows (flush + fsync per row, a crc32 column so a torn row is detected)."""
+  writer = io_safety.CsvAppender(path, fieldnames)
+  return writer, writer
 
 
 def run_evaluation(config, workdir: str, *, which: str = "best", split: str | None = None,
@@ -183,7 +180,7 @@ def evaluate_variables(config, variables, out_dir: str, *, split: str | None = N
   systems = ["model"] + [f"oracle_{name}" for name in config.eval.get("oracles", ())]
   rows_paths = {name: os.path.join(out_dir, "rows.csv" if name == "model" else f"rows_{name}.csv")
                 for name in systems}
-  done = {name: {int(r["example_id"]) for r in read_rows(path)}
+  done = {name: {int(r["example_id"]) for r in io_safety.recover_csv(path)}
           for name, path in rows_paths.items()}
   total = manifest["counts"][split]
   if config.eval.max_examples:
@@ -224,9 +221,7 @@ def evaluate_variables(config, variables, out_dir: str, *, split: str | None = N
           row = {"split": split, **_scene_columns(batch, i), **_metric_columns(result)}
           if name not in writers:
             handles[name], writers[name] = _open_rows(rows_paths[name], list(row))
-          writers[name].writerow(row)
-          handles[name].flush()
-          os.fsync(handles[name].fileno())
+          writers[name].append(row)
           if name == "model":
             bar.update(1)
             if saved_examples < config.eval.save_examples:

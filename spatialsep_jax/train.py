@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from spatialsep_jax import checkpoint as checkpoint_lib
 from spatialsep_jax import config_checks
+from spatialsep_jax import io_safety
 from spatialsep_jax import loss_terms
 from spatialsep_jax import models
 from spatialsep_jax import sharding
@@ -338,8 +339,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        shards_dir: str | None = None, progress: bool = True) -> dict:
   """Trains `config` in `workdir`, resuming from its latest checkpoint if there is one.
 
-  Returns the final metrics dict (last train loss, best validation figures, steps).
+  Returns the final metrics dict (last train loss, best validation figures, steps). Process 0
+  holds `<workdir>/.train.lock` for the whole run: a second trainer on the workdir stops with
+  one line naming this one (io_safety.WorkdirLock; a lock left by a killed run is stale).
   """
+  sharding.maybe_initialize_distributed()
+  if jax.process_index() != 0:
+    return _train_and_evaluate(config, workdir, shards_dir, progress)
+  with io_safety.WorkdirLock(workdir, "train"):
+    return _train_and_evaluate(config, workdir, shards_dir, progress)
+
+
+def _train_and_evaluate(config, workdir, shards_dir, progress) -> dict:
   from data_pipeline import dataset, loader as loader_lib
 
   sharding.maybe_initialize_distributed()
@@ -379,7 +390,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       loader_lib.make_loader(config, shards_dir, "val", train=False, batch_size=batch_size),
       batch_size // jax.process_count(), config.train.eval_batches)
 
-  writer = summary.MetricWriter(os.path.join(workdir, "logs"))
+  # Rows after the restored step were written after its checkpoint: dropped, so the log
+  # holds every step exactly once (a fresh run starts from 0 and keeps none).
+  writer = summary.MetricWriter(os.path.join(workdir, "logs"), resume_step=start_step)
   stopper = _StopSignal()
   last_metrics, stopped_by = {}, None
   bar = tqdm(total=config.train.num_steps, initial=start_step, disable=not progress

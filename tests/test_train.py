@@ -76,7 +76,9 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes(smoke_dataset, tmp_pat
   steps = os.listdir(os.path.join(workdir, "checkpoints", "latest"))
   saved = max(int(s) for s in steps if s.isdigit())
   assert saved >= 3
+  # The first run's decay interval came from num_steps=100000: schedule_steps keeps it.
   rerun = subprocess.run(command[:5] + ["--config.train.num_steps=" + str(saved + 1),
+                                         "--config.train.schedule_steps=100000",
                                          "--config.train.log_every=1", f"--workdir={workdir}"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert rerun.returncode == 0, rerun.stdout + rerun.stderr
