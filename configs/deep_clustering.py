@@ -14,6 +14,16 @@ Sizes:
 The SuDoRM-RF fields of `configs/base.py` stay in config.model and are ignored by this model.
 `config.loss.terms.dc.n_fft` / `.hop` are references to `config.model.n_fft` / `.hop`, so
 `--config.model.hop=32` changes both.
+
+Measured on the default CPU data (2026-12-01, shared 2-core machine, 64 test mixtures, SI-SDRi
+in dB with 95% CIs; oracle masks on the same 256/64 STFT, direct-path targets):
+  200 steps (the default)        -1.55 [-2.02, -1.08]   (best val at step 150)
+  2,000 steps, best at step 500  -0.11 [-0.53, 0.32]
+  oracle IBM / IRM                3.25 [3.06, 3.45] / 3.48 [3.30, 3.66]
+The validation DC loss stays at 0.25-0.26, the value of embeddings that do not tell the
+talkers apart (every pairwise cosine ~0.5), while the training loss falls to 0.21 and one fixed
+batch is fitted to 0.004 in 300 steps: on 600 training mixtures the network memorises and
+does not yet generalise; the CPU default shows the pipeline, not a trained baseline.
 """
 
 import ml_collections
