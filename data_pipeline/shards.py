@@ -24,6 +24,7 @@ missing or whose size or checksum differs. Opening a split checks the sizes of i
 
 from __future__ import annotations
 
+import errno
 import glob
 import hashlib
 import json
@@ -328,16 +329,23 @@ def write_shard(path: str, encoded_records) -> int:
   from array_record.python.array_record_module import ArrayRecordWriter
   os.makedirs(os.path.dirname(path), exist_ok=True)
   partial = path + PARTIAL_SUFFIX
-  writer = ArrayRecordWriter(partial, WRITER_OPTIONS)
-  count = 0
   try:
-    for data in encoded_records:
-      writer.write(data)
-      count += 1
-  finally:
-    writer.close()
-  with open(partial, "rb+") as f:
-    os.fsync(f.fileno())
+    writer = ArrayRecordWriter(partial, WRITER_OPTIONS)
+    count = 0
+    try:
+      for data in encoded_records:
+        writer.write(data)
+        count += 1
+    finally:
+      writer.close()
+    with open(partial, "rb+") as f:
+      os.fsync(f.fileno())
+  except (OSError, RuntimeError, ValueError) as e:
+    from spatialsep_jax import io_safety
+    if io_safety.is_disk_full(e):  # name the shard being written, not the writer's internals
+      raise io_safety.DiskFullError(getattr(e, "errno", None) or errno.ENOSPC,
+                                    io_safety.disk_full_message(e, partial), partial) from e
+    raise
   os.replace(partial, path)
   _fsync_dir(os.path.dirname(path))
   return count

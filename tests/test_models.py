@@ -327,7 +327,7 @@ def test_unknown_speed_options_are_one_line_errors():
       models.build(config)
   config = make_config()
   config.model.update(num_blocks=4, remat="block", remat_blocks=2, scan_blocks=True)
-  with pytest.raises(ValueError, match="model.remat_blocks=2 of 4 needs model.scan_blocks=False"):
+  with pytest.raises(ValueError, match="model.remat_blocks=2 of 4 needs config.model.scan_blocks=False"):
     models.build(config)
 
 

@@ -31,7 +31,7 @@ def validate(config) -> None:
   if unknown or len(set(feature_kinds)) != len(feature_kinds):
     _fail(f"config.model.features={feature_kinds} must be distinct kinds from {FEATURE_KINDS}")
   if feature_kinds and num_channels < 2:
-    _fail(f"config.model.features={feature_kinds} need two input channels but "
+    _fail(f"config.model.features={feature_kinds} needs two input channels but "
           f"config.data.input_channels has {num_channels}; add a channel or set model.features=()")
   if feature_kinds:
     pair = tuple(model_config.feature_pair)
