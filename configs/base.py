@@ -142,6 +142,7 @@ def get_base_config(variant: str = "") -> ml_collections.ConfigDict:
   ev.max_examples = 0                 # 0 = the whole split
   ev.metrics = ("sisdr", "sdr", "stoi", "pesq")
   ev.after_training = True            # train.py evaluates the best checkpoint at the end
+  ev.compare_pretrained = True        # ... and the shipped pretrained/<config name>, if one ships
   ev.vocoder = True
   ev.num_workers = 0                  # 0 = os.cpu_count()
   ev.save_examples = 4
@@ -185,6 +186,7 @@ def get_base_config(variant: str = "") -> ml_collections.ConfigDict:
     ev.save_examples = 1
     ev.metrics = ("sisdr", "stoi")
     ev.num_workers = 1
+    ev.compare_pretrained = False
   elif variant == "gpu":
     data.num_rooms = 48
     train.eval_batches = 16

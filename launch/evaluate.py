@@ -1,5 +1,6 @@
 """Evaluate a trained run on the test split:
-`python launch/evaluate.py --config=configs/ipd.py --workdir=runs/ipd [--checkpoint=best|latest]`.
+`python launch/evaluate.py --config=configs/ipd.py --workdir=runs/ipd [--checkpoint=best|latest]`,
+or a shipped model on a config's data: `... --config=configs/bilateral.py --pretrained=bilateral`.
 
 Writes <workdir>/eval/<split>-<checkpoint>-step<N>/{rows.csv, summary.json, summary.md,
 sisdri_by_condition.png, examples/*.wav}. Interrupted evaluations resume from rows.csv. One
@@ -13,6 +14,8 @@ from absl import flags
 _CONFIG = common.define_config_flags()
 flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "which checkpoint to evaluate")
 flags.DEFINE_string("split", None, "split to evaluate (default config.eval.split)")
+flags.DEFINE_string("pretrained", None, "score a shipped model (pretrained/<name>) on this "
+                    "config's data instead of a run's checkpoint")
 FLAGS = flags.FLAGS
 
 SPLITS = ("train", "val", "test")
@@ -31,6 +34,10 @@ def main(argv):
     common.fail(f"--split={split} is not a split; use one of {', '.join(SPLITS)}")
   from spatialsep_jax import evaluation, io_safety
   workdir = FLAGS.workdir or common.default_workdir(config)
+  if FLAGS.pretrained:
+    common.print_evaluation(evaluation.evaluate_pretrained(FLAGS.pretrained, config, workdir,
+                                                           split=split))
+    return
   with io_safety.WorkdirLock(workdir, "evaluate"):
     summary = evaluation.run_evaluation(config, workdir, which=FLAGS.checkpoint, split=split)
   common.print_evaluation(summary)

@@ -30,8 +30,19 @@ def main(argv):
         print(f"Multi-process run: evaluate it in one process with `python launch/evaluate.py "
               f"--config=<the same config> --workdir={workdir}`")
       return
-    from spatialsep_jax import evaluation
+    from spatialsep_jax import evaluation, separator
     common.print_evaluation(evaluation.run_evaluation(config, workdir, which="best"))
+    if not config.eval.compare_pretrained:
+      return
+    shipped = evaluation.pretrained_for(config)
+    if shipped:
+      print(f"The shipped pretrained/{shipped} model on the same test split:")
+      common.print_evaluation(evaluation.evaluate_pretrained(shipped, config, workdir))
+    else:
+      names = ", ".join(separator.pretrained_names()) or "none"
+      print(f"No pretrained {config.name} model ships (pretrained/: {names}); score one of the "
+            f"same channels on this test split with `python launch/evaluate.py "
+            f"--config=configs/bilateral.py --pretrained=bilateral`")
 
 
 if __name__ == "__main__":

@@ -247,6 +247,36 @@ def evaluate_variables(config, variables, out_dir: str, *, split: str | None = N
   return summary
 
 
+def evaluate_pretrained(name: str, config, out_root: str, *, split: str | None = None,
+                        progress: bool = True) -> dict:
+  """Scores the shipped model `pretrained/<name>` on `config`'s data (its test split unless
+  `split`), with `config`'s evaluation settings; rows and summary in
+  `<out_root>/eval/pretrained-<name>-<split>/`."""
+  from spatialsep_jax import separator as separator_lib
+  separator = separator_lib.Separator.from_pretrained(name)
+  model_config = separator.config
+  if tuple(model_config.data.input_channels) != tuple(config.data.input_channels):
+    raise ValueError(f"pretrained/{name} takes {tuple(model_config.data.input_channels)}, this "
+                     f"data config gives {tuple(config.data.input_channels)}; pick a pretrained "
+                     "model of the same channels")
+  scored = config.copy_and_resolve_references()
+  scored.model = model_config.model
+  split = split or config.eval.split
+  out_dir = os.path.join(out_root, "eval", f"pretrained-{name}-{split}")
+  summary = evaluate_variables(scored, {"params": separator.params}, out_dir, split=split,
+                               progress=progress)
+  summary.update(checkpoint=f"pretrained/{name}", config=f"pretrained {name}", step="as shipped")
+  _write_summary(summary, out_dir)
+  summary["out_dir"] = out_dir
+  return summary
+
+
+def pretrained_for(config) -> str | None:
+  """The shipped model of the same configuration name, if one ships."""
+  from spatialsep_jax import separator as separator_lib
+  return config.name if config.name in separator_lib.pretrained_names() else None
+
+
 def _write_summary(summary: dict, out_dir: str) -> None:
   summary = {k: v for k, v in summary.items() if k != "out_dir"}
   with open(os.path.join(out_dir, "summary.json"), "w") as f:
@@ -321,7 +351,7 @@ def summary_markdown(summary: dict) -> str:
   shown = [m for m in ("sisdr_improvement", "sdr_improvement", "stoi_improvement",
                        "pesq_improvement", "vocoded_sisdr_improvement")
            if m in summary["overall"]]
-  header = "| condition | n | " + " | ".join(shown) + " |\n|" + " --- |" * (len(shown) + 2) + "\n"
+  header = "| condition | n | " + " | ".join(shown) + " |\n|" + " --- |" * (len(shown) + 2)
   lines = [f"# Evaluation of {summary.get('config')} ({summary.get('split')} split, "
            f"{summary.get('checkpoint')} checkpoint, step {summary.get('step')})\n",
            "Means with 95% confidence intervals (Student t) over mixtures; improvements are "
@@ -331,7 +361,7 @@ def summary_markdown(summary: dict) -> str:
   for name, overall in summary.get("oracles", {}).items():
     n = next(iter(overall.values()))["n"] if overall else 0
     label = {"oracle_ibm": "oracle: ideal binary mask", "oracle_irm": "oracle: ideal ratio mask"}
-    lines.append(f"| {label.get(name, name)} (upper bound) | {n} | "
+    lines.append(f"| {label.get(name, name)} (best mask on the mixture STFT) | {n} | "
                  + " | ".join(cell(overall.get(m)) for m in shown) + " |")
   for group, bins in summary["breakdowns"].items():
     for name, stats in bins.items():
