@@ -5,11 +5,9 @@ Rows are appended to ``rows.csv`` as each mixture finishes, so an interrupted
 evaluation resumes from the rows already written.
 """
 
-import csv
 import functools
 import json
 import math
-import multiprocessing
 import os
 
 import jax

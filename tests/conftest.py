@@ -32,6 +32,11 @@ def smoke_config(module, shards_dir, cache_dir, arg="smoke", **overrides):
   config = module.get_config(arg)
   config.data.shards_dir = shards_dir
   config.data.cache_dir = cache_dir
+  return with_overrides(config, **overrides)
+
+
+def with_overrides(config, **overrides):
+  """`config` with `section__field=value` overrides applied in place (and returned)."""
   for dotted, value in overrides.items():
     node = config
     *parents, leaf = dotted.split("__")

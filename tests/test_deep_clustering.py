@@ -15,7 +15,7 @@ import scipy.signal
 from configs import deep_clustering as dc_config
 from spatialsep_jax import config_checks, evaluation, loss_terms, models, train
 from spatialsep_jax.models import deep_clustering as dc
-from tests.conftest import smoke_config
+from tests.conftest import smoke_config, with_overrides
 
 
 def _scipy_stft(x, n_fft, hop):
@@ -101,14 +101,7 @@ def test_oracle_embeddings_give_the_ibm_masked_mixture():
 
 
 def _config(arg="smoke", **overrides):
-  config = dc_config.get_config(arg)
-  for dotted, value in overrides.items():
-    node = config
-    *parents, leaf = dotted.split("__")
-    for part in parents:
-      node = node[part]
-    node[leaf] = value
-  return config
+  return with_overrides(dc_config.get_config(arg), **overrides)
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -352,11 +352,6 @@ def test_recover_and_read_csv_for_a_writer_that_learns_its_columns_late(tmp_path
 
 
 # ------------------------------------------------------------------------------ trainer / evaluator
-# These run once train.py / evaluation.py call the io_safety helpers (the lead wires them in).
-
-def _wired(module_file: str, name: str) -> bool:
-  return name in open(os.path.join(ROOT, "spatialsep_jax", module_file)).read()
-
 
 def _smoke(smoke_dataset, **overrides):
   from configs import mono
@@ -365,8 +360,6 @@ def _smoke(smoke_dataset, **overrides):
   return smoke_config(mono, shards, cache, **overrides)
 
 
-@pytest.mark.skipif(not _wired("train.py", "WorkdirLock"),
-                    reason="train.py does not hold the workdir lock yet")
 def test_a_second_trainer_on_one_workdir_is_refused_naming_the_first(smoke_dataset, tmp_path):
   from spatialsep_jax import train
   workdir = str(tmp_path / "run")
@@ -383,8 +376,6 @@ def test_a_second_trainer_on_one_workdir_is_refused_naming_the_first(smoke_datas
   assert not os.path.exists(os.path.join(workdir, "checkpoints", "latest", "1"))
 
 
-@pytest.mark.skipif(not _wired("train.py", "check_checkpoint_identity"),
-                    reason="train.py does not check the checkpoint's identity yet")
 def test_resume_without_config_json_under_another_config_is_refused(smoke_dataset, tmp_path):
   from spatialsep_jax import train
   workdir = str(tmp_path / "run")
@@ -395,8 +386,6 @@ def test_resume_without_config_json_under_another_config_is_refused(smoke_datase
                              progress=False)
 
 
-@pytest.mark.skipif(not _wired("train.py", "resume_step"),
-                    reason="train.py does not pass resume_step to MetricWriter yet")
 def test_sigkill_of_a_training_run_then_resume_logs_every_step_exactly_once(smoke_dataset,
                                                                             tmp_path):
   import time
@@ -427,8 +416,6 @@ def test_sigkill_of_a_training_run_then_resume_logs_every_step_exactly_once(smok
   assert val_steps == list(range(3, 31, 3))
 
 
-@pytest.mark.skipif(not _wired("evaluation.py", "io_safety"),
-                    reason="evaluation.py does not write rows.csv through io_safety yet")
 def test_evaluation_resumes_after_a_row_torn_inside_a_number(smoke_dataset, tmp_path):
   from spatialsep_jax import evaluation, train
   shards, _ = smoke_dataset
