@@ -19,7 +19,9 @@ def main(argv):
   del argv
   common.setup_logging()
   from data_pipeline import dataset, summarize
+  from spatialsep_jax import config_checks
   config = _CONFIG.value
+  common.call_or_fail(config_checks.check_data_config, config)
   directory = FLAGS.workdir or dataset.shards_dir(config)
   common.call_or_fail(dataset.render, config, directory, num_workers=FLAGS.num_workers)
   print(summarize.summary_text(config, directory))

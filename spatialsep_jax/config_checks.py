@@ -27,13 +27,24 @@ def _get(config, dotted):
   return node
 
 
-def check_config(config, num_devices: int = 1) -> None:
-  """Raises ConfigError (one line) on the first problem found."""
-  from spatialsep_jax import loss_terms, models, tasks
+def check_data_config(config) -> None:
+  """The checks of `config.data` that rendering needs (run before any file is written)."""
   for field, choices in _CHOICES.items():
     value = _get(config, field)
     if value not in choices:
       raise ConfigError(f"config.{field}={value!r} is not one of {choices}")
+  if not config.data.sample_rate or config.data.sample_rate <= 0:
+    raise ConfigError(f"config.data.sample_rate={config.data.sample_rate} must be a positive rate "
+                      "in Hz, e.g. 8000")
+  if not config.data.segment_seconds or config.data.segment_seconds <= 0:
+    raise ConfigError(f"config.data.segment_seconds={config.data.segment_seconds} must be > 0, "
+                      "e.g. 4.0")
+
+
+def check_config(config, num_devices: int = 1) -> None:
+  """Raises ConfigError (one line) on the first problem found."""
+  from spatialsep_jax import loss_terms, models, tasks
+  check_data_config(config)
   channels = tuple(config.data.input_channels)
   if not channels:
     raise ConfigError("config.data.input_channels is empty; name at least one of "

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 
 from spatialsep_jax import losses
 from spatialsep_jax import sdr
+from spatialsep_jax import tasks
 
 
 class LossConfigError(ValueError):
@@ -182,7 +183,7 @@ def pit_snr(outputs, batch, rng, **settings):
 def _per_target(outputs, batch, db_fn, *, targets, outputs_key="estimates", clamp_db=0.0):
   """No PIT: output k against target k. Any layout `[B, ..., T]` shared by both."""
   estimates = outputs[outputs_key].astype(jnp.float32)
-  references = batch[targets].astype(jnp.float32)
+  references = tasks.select(batch, targets).astype(jnp.float32)
   if estimates.ndim == references.ndim + 1 and estimates.shape[1] == 1:
     estimates = estimates[:, 0]
   if estimates.shape != references.shape:
@@ -195,14 +196,19 @@ def _per_target(outputs, batch, db_fn, *, targets, outputs_key="estimates", clam
   return losses.clamp_loss(jnp.mean(negative_db, axis=-1), clamp_db), {}
 
 
-@register("sisdr", batch_keys=lambda s: (s["targets"],))
+def _target_key(settings):
+  return (settings["targets"].partition(":")[0],)
+
+
+@register("sisdr", batch_keys=_target_key)
 def per_target_sisdr(outputs, batch, rng, *, targets, **settings):
-  """Negative SI-SDR of each output against its own target (enhancement, per-ear targets)."""
+  """Negative SI-SDR of each output against its own target (enhancement, per-ear targets);
+  `targets` names the batch array as `tasks.select` reads it (e.g. "targets_direct:0")."""
   del rng
   return _per_target(outputs, batch, sdr.sisdr_db, targets=targets, **settings)
 
 
-@register("snr", batch_keys=lambda s: (s["targets"],))
+@register("snr", batch_keys=_target_key)
 def per_target_snr(outputs, batch, rng, *, targets, **settings):
   """Negative SNR of each output against its own target (keeps level, hence ILD)."""
   del rng

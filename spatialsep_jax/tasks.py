@@ -5,9 +5,10 @@
                permutation with the best summed SI-SDR (N >= S; extra outputs such as a
                noise estimate stay unscored); improvements over `mixture_reference [B, T]`.
   enhancement  output k against target k, no permutation: `estimates [B, K, T]` against
-               `batch[config.eval.targets]` `[B, K, T]` (or `[B, T]` for one target), e.g.
-               one target per ear for binaural enhancement; improvements over
-               `batch[config.eval.baseline]` (`[B, T]` or `[B, K, T]`).
+               `config.eval.targets` `[B, K, T]` (or `[B, T]` for one target), e.g.
+               "targets_direct:0", the target talker at each ear for binaural enhancement;
+               improvements over `config.eval.baseline` (`[B, T]` or `[B, K, T]`, e.g.
+               "mixture" for the input at each ear); `select` says how names resolve.
 Validation (in the jitted step) reports mean SI-SDR and SI-SDRi per example; evaluation rows
 (`evaluation.py`) get one column group per reference, `<metric>_s<k>`, plus their mean.
 """
@@ -38,8 +39,28 @@ def _separation_keys(config):
   return ("sources", "mixture_reference")
 
 
+def _key(spec: str) -> str:
+  return spec.partition(":")[0]
+
+
+def select(batch, spec: str):
+  """A reference array named by `spec`, as `[B, K, T]` or `[B, T]`:
+    "name"       batch[name] as it is (`sources [B, S, T]`, `mixture_reference [B, T]`);
+    "name:i"     source i of a per-mic target `[B, S, T, M]` -> `[B, M, T]`, one per mic
+                 (e.g. "targets_direct:0": the target talker at each of data.target_mics);
+    "mixture", "targets_noise": channels-last `[B, T, C]` -> `[B, C, T]`.
+  """
+  name, _, index = spec.partition(":")
+  value = batch[name]
+  if index:
+    return jnp.moveaxis(value[:, int(index)], -1, 1)
+  if name in ("mixture", "targets_noise"):
+    return jnp.moveaxis(value, -1, 1)
+  return value
+
+
 def _enhancement_keys(config):
-  return (config.eval.targets, config.eval.baseline)
+  return (_key(config.eval.targets), _key(config.eval.baseline))
 
 
 def _separation_references(batch, config):
@@ -47,7 +68,7 @@ def _separation_references(batch, config):
 
 
 def _enhancement_references(batch, config):
-  return batch[config.eval.targets], batch[config.eval.baseline]
+  return select(batch, config.eval.targets), select(batch, config.eval.baseline)
 
 
 _TASKS = {
@@ -102,7 +123,7 @@ class BoundTask:
   def example(self, estimates: np.ndarray, batch: dict, index: int, config):
     """(estimates [N, T], references [K, T], baseline [T] or [K, T]) of one example, float32."""
     references, baseline = self.task.references(batch, config)
-    references = np.asarray(references[index], np.float32)
+    references = np.asarray(references[index], np.float32)  # numpy in, numpy out
     baseline = np.asarray(baseline[index], np.float32)
     if references.ndim == 1:
       references = references[None]

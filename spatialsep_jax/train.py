@@ -464,8 +464,8 @@ def _train_and_evaluate(config, workdir, shards_dir, progress) -> dict:
   result = {"step": step, "best": best, "last": last_metrics, "stopped_by": stopped_by,
             "interrupted": bool(stopper.stopped)}
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "train_summary.json"), "w") as f:
-      json.dump(result, f, indent=1, default=float)
+    io_safety.atomic_write_json(os.path.join(workdir, "train_summary.json"), result, indent=1,
+                                default=float)
   return result
 
 
@@ -494,14 +494,13 @@ def _check_checkpoint_identity(meta: dict, fingerprint: str, workdir: str) -> No
 def _check_workdir_config(workdir: str, config, fingerprint: str) -> None:
   path = os.path.join(workdir, "config.json")
   if os.path.exists(path):
-    with open(path) as f:
-      saved = json.load(f)
+    saved = io_safety.read_json(path, "run config")
     if saved.get("fingerprint") != fingerprint:
       raise ValueError(
           f"{workdir} holds a run of a different configuration ({saved.get('name')}); "
           "use another --workdir or delete that one")
     return
   if jax.process_index() == 0:
-    with open(path, "w") as f:
-      json.dump({"name": config.name, "fingerprint": fingerprint,
-                 "config": json.loads(config.to_json_best_effort())}, f, indent=1)
+    io_safety.atomic_write_json(path, {"name": config.name, "fingerprint": fingerprint,
+                                       "config": json.loads(config.to_json_best_effort())},
+                                indent=1)

@@ -152,6 +152,7 @@ def test_four_device_data_parallel_step_equals_one_device():
     (dict(model__feature_pair=(0, 0)), "feature_pair"),
     (dict(loss__terms={"pit": {"term": "l1"}}), "config.loss.terms.pit: unknown term 'l1'"),
     (dict(eval__task="diarisation"), "config.eval.task"),
+    (dict(data__sample_rate=0), "config.data.sample_rate=0 must be a positive rate"),
     (dict(train__batch_size=0), "config.train.batch_size"),
 ])
 def test_config_errors_name_the_field(overrides, message):
