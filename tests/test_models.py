@@ -203,7 +203,7 @@ def test_depthwise_impls_agree_with_numpy_and_each_other(length, stride):
     loss = lambda x_, k_: jnp.sum(jnp.sin(layers.depthwise_conv1d(x_, k_, stride, impl)))
     grads[impl] = jax.grad(loss, argnums=(0, 1))(jnp.asarray(x), jnp.asarray(kernel))
     np.testing.assert_allclose(outputs[impl], want, atol=1e-5)
-  for impl in ("xla", "slices_vjp", "pallas"):
+  for impl in ("xla", "pallas"):
     for got, other in zip(grads["slices"], grads[impl]):
       np.testing.assert_allclose(got, other, atol=1e-5)
 
@@ -257,7 +257,7 @@ def test_separate_feature_norm_adds_one_norm_over_the_feature_map():
   assert "feature_norm" in params
 
 
-@pytest.mark.parametrize("impl", ["fused", "fused_partials"])
+@pytest.mark.parametrize("impl", ["fused"])
 def test_fused_global_layer_norm_matches_autodiff_values_and_gradients(impl):
   rng = np.random.default_rng(5)
   x = jnp.asarray(rng.normal(2.0, 3.0, (3, 40, 6)).astype(np.float32))
@@ -287,9 +287,7 @@ def _unrolled_to_scanned(params, num_blocks):
 
 @pytest.mark.parametrize("overrides", [dict(norm_impl="fused"), dict(remat="block"),
                                        dict(scan_blocks=True, remat="dots"),
-                                       dict(norm_impl="fused_partials", scan_blocks=True,
-                                            remat="dots"),
-                                       dict(depthwise_impl="slices_vjp", norm_impl="fused"),
+                                       dict(norm_impl="fused", scan_blocks=True, remat="dots"),
                                        dict(remat="block", remat_blocks=1),
                                        dict(depthwise_impl="pallas"),
                                        dict(uconv_impl="pallas", norm_impl="fused",

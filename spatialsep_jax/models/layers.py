@@ -15,8 +15,8 @@ import numpy as np
 
 from spatialsep_jax.models import pallas_uconv
 
-DEPTHWISE_IMPLS = ("slices", "xla", "slices_vjp", "pallas")
-NORM_IMPLS = ("autodiff", "fused", "fused_partials")
+DEPTHWISE_IMPLS = ("slices", "xla", "pallas")
+NORM_IMPLS = ("autodiff", "fused")
 # How a U-ConvBlock computes its depthwise levels (conv + bias + global layer norm): 'xla'
 # as separate DepthwiseConv and GlobalLayerNorm layers (their own impl options), 'pallas'
 # as one fused Pallas function per level (`pallas_uconv.depthwise_norm`, the 'fused' norm's
@@ -52,8 +52,7 @@ def depthwise_conv1d(x: jax.Array, kernel: jax.Array, stride: int = 1,
     impl: 'xla' (grouped `conv_general_dilated`), 'slices' (sum of K shifted
       strided slices scaled per channel; XLA fuses it into one loop and its
       backward pass avoids XLA's slow grouped-conv gradient on GPU,
-      jax-ml/jax issue 13800), 'slices_vjp' ('slices' with a hand-written
-      backward in the same gather form), or 'pallas' (Pallas kernels for the forward
+      jax-ml/jax issue 13800), or 'pallas' (Pallas kernels for the forward
       and for a backward that reads (x, grad) once; `pallas_uconv.depthwise_conv`).
   Returns:
     `[B, (L + 2 p - K) // stride + 1, C]` with `p = (K - 1) // 2`, dtype of `x`.
@@ -67,8 +66,6 @@ def depthwise_conv1d(x: jax.Array, kernel: jax.Array, stride: int = 1,
     return jax.lax.conv_general_dilated(
         x, kernel[:, None, :], window_strides=(stride,), padding=[(padding, padding)],
         dimension_numbers=("NWC", "WIO", "NWC"), feature_group_count=channels)
-  if impl == "slices_vjp":
-    return _depthwise_slices_vjp(x, kernel, stride)
   if impl == "pallas":
     return pallas_uconv.depthwise_conv(x, kernel, stride)
   if impl != "slices":
@@ -86,79 +83,24 @@ def _depthwise_slices(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array
   return sum(taps[1:], taps[0])
 
 
-# Hand-written backward of the sliced depthwise conv. Autodiff transposes each strided
-# slice into a pad with interior padding and sums K such pads: on an H100 that backward
-# took ~3.8x the forward's time (profile in benchmarks/h100). Here the input gradient is
-# computed in the forward's gather form (one phase per stride offset, interleaved), and
-# the kernel gradient as float32 sums over batch and time. Measured, it is SLOWER than
-# autodiff's (IPD+ILD step 76.6 vs 69.5 ms on the H100): XLA fuses autodiff's K kernel
-# sums into one multi-output reduction, these it does not. Kept as a reference point.
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _depthwise_slices_vjp(x, kernel, stride):
-  return _depthwise_slices(x, kernel, stride)
-
-
-def _depthwise_vjp_fwd(x, kernel, stride):
-  return _depthwise_slices(x, kernel, stride), (x, kernel)
-
-
-def _depthwise_vjp_bwd(stride, residuals, grad):
-  x, kernel = residuals
-  kernel_size, _ = kernel.shape
-  padding = same_padding(kernel_size)
-  batch, length, channels = x.shape
-  out_length = grad.shape[1]
-  # d padded[j] = sum over taps k with j = t stride + k of kernel[k] grad[t]; for the
-  # phase r = j mod stride, t = m - (k - r) / stride with m = j // stride.
-  phases_length = -(-(length + 2 * padding) // stride)
-  max_shift = (kernel_size - 1) // stride
-  grad_padded = jnp.pad(grad, ((0, 0), (max_shift, phases_length - out_length), (0, 0)))
-  phases = []
-  for phase in range(stride):
-    taps = [grad_padded[:, max_shift - (k - phase) // stride:
-                        max_shift - (k - phase) // stride + phases_length, :] * kernel[k].astype(grad.dtype)
-            for k in range(phase, kernel_size, stride)]
-    phases.append(sum(taps[1:], taps[0]) if taps else jnp.zeros_like(grad_padded[:, :phases_length]))
-  d_padded = jnp.stack(phases, axis=2).reshape(batch, phases_length * stride, channels)
-  d_x = d_padded[:, padding:padding + length]
-  x_padded = jnp.pad(x, ((0, 0), (padding, padding), (0, 0)))
-  span = stride * (out_length - 1) + 1
-  # K sums (XLA on an H100 gives each its own kernel); one [K, C] reduction over stacked
-  # taps instead ran at ~0.5 TB/s, for the same step time.
-  grad32 = grad.astype(jnp.float32)
-  d_kernel = jnp.stack([
-      jnp.sum(x_padded[:, k:k + span:stride].astype(jnp.float32) * grad32, axis=(0, 1))
-      for k in range(kernel_size)])
-  return d_x.astype(x.dtype), d_kernel.astype(kernel.dtype)
-
-
-_depthwise_slices_vjp.defvjp(_depthwise_vjp_fwd, _depthwise_vjp_bwd)
-
-
 def upsample_nearest2(x: jax.Array, length: int) -> jax.Array:
   """Nearest-neighbour x2 upsampling on the time axis, cropped to `length`:
   `[B, L, C]` -> `[B, length, C]` (`length <= 2 L`)."""
   return jnp.repeat(x, 2, axis=1)[:, :length]
 
 
-def _gln_statistics(x: jax.Array, eps: float,
-                    partials: bool = False) -> tuple[jax.Array, jax.Array]:
+def _gln_statistics(x: jax.Array, eps: float) -> tuple[jax.Array, jax.Array]:
   """Per-example mean and 1/std over time and channels of `x [B, L, C]`, float32, `[B, 1, 1]`.
 
   One pass (sum and sum of squares in float32, which XLA reads as one multi-output
   reduction) instead of the two a centred variance needs; the cancellation error
-  is ~ (mean^2 / var) * 6e-8, negligible for this network's activations. With `partials`,
-  the sums go through [B, C] partial sums over time (a column reduction with B C outputs)
-  and then tiny sums over channels.
+  is ~ (mean^2 / var) * 6e-8, negligible for this network's activations. (Variants measured
+  slower than this on the H100, a [B, C]-partials form and a hand-written sliced-depthwise
+  backward, are in git history and benchmarks/README.md.)
   """
   x32 = x.astype(jnp.float32)
-  if partials:
-    count = x.shape[1] * x.shape[2]
-    mean = (jnp.sum(jnp.sum(x32, axis=1), axis=1) / count)[:, None, None]
-    mean_square = (jnp.sum(jnp.sum(jnp.square(x32), axis=1), axis=1) / count)[:, None, None]
-  else:
-    mean = jnp.mean(x32, axis=(1, 2), keepdims=True)
-    mean_square = jnp.mean(jnp.square(x32), axis=(1, 2), keepdims=True)
+  mean = jnp.mean(x32, axis=(1, 2), keepdims=True)
+  mean_square = jnp.mean(jnp.square(x32), axis=(1, 2), keepdims=True)
   var = jnp.maximum(mean_square - jnp.square(mean), 0.0)
   return mean, jax.lax.rsqrt(var + eps)
 
@@ -166,8 +108,8 @@ def _gln_statistics(x: jax.Array, eps: float,
 # Hand-written backward: autodiff of the centred two-pass form keeps float32 copies of
 # the activation and re-reads it once per reduction; this VJP reads (x, g) once for the
 # two per-example reductions and once for dx, all in registers, and saves only x.
-def _fused_gln_forward(x, scale, bias, eps, out_dtype, statistics=_gln_statistics):
-  mean, rstd = statistics(x, eps)
+def _fused_gln_forward(x, scale, bias, eps, out_dtype):
+  mean, rstd = _gln_statistics(x, eps)
   return ((x.astype(jnp.float32) - mean) * rstd * scale + bias).astype(out_dtype), mean, rstd
 
 
@@ -199,51 +141,12 @@ def _fused_gln_bwd(eps, out_dtype, residuals, grad):
 fused_global_layer_norm.defvjp(_fused_gln_fwd, _fused_gln_bwd)
 
 
-# The backward above reduces over (batch, time) for the per-channel sums and over (time,
-# channels) for the per-example ones: two reductions over different axes, which XLA cannot
-# put in one kernel, so (x, g) are read twice before dx. Here both come from [B, C] partial
-# sums over time alone (one multi-output reduction, one read), then tiny reductions of
-# those; the forward statistics too. On the H100 it was 2% slower than 'fused' (175.7 vs
-# 179.7 IPD+ILD samples/s, scanned layout), so 'fused' stays the default.
-_partials_statistics = functools.partial(_gln_statistics, partials=True)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def partials_global_layer_norm(x, scale, bias, eps, out_dtype):
-  """`fused_global_layer_norm` with every per-example sum (forward and backward) built
-  from [B, C] partial sums over time."""
-  return _fused_gln_forward(x, scale, bias, eps, out_dtype, _partials_statistics)[0]
-
-
-def _partials_gln_fwd(x, scale, bias, eps, out_dtype):
-  out, mean, rstd = _fused_gln_forward(x, scale, bias, eps, out_dtype, _partials_statistics)
-  return out, (x, scale, mean, rstd)
-
-
-def _partials_gln_bwd(eps, out_dtype, residuals, grad):
-  del eps, out_dtype
-  x, scale, mean, rstd = residuals
-  g = grad.astype(jnp.float32)
-  normed = (x.astype(jnp.float32) - mean) * rstd
-  sum_g = jnp.sum(g, axis=1)                   # [B, C]
-  sum_g_normed = jnp.sum(g * normed, axis=1)   # [B, C]
-  count = x.shape[1] * x.shape[2]
-  mean_g = (jnp.sum(sum_g * scale, axis=1) / count)[:, None, None]
-  mean_g_normed = (jnp.sum(sum_g_normed * scale, axis=1) / count)[:, None, None]
-  d_x = rstd * (g * scale - mean_g - normed * mean_g_normed)
-  return d_x.astype(x.dtype), jnp.sum(sum_g_normed, axis=0), jnp.sum(sum_g, axis=0)
-
-
-partials_global_layer_norm.defvjp(_partials_gln_fwd, _partials_gln_bwd)
-
-
 class GlobalLayerNorm(nn.Module):
   """Global layer norm: statistics over time and channels per example (float32),
   per-channel gain and bias, eps 1e-8 inside the square root. `[B, L, C]` -> same.
 
   impl 'autodiff' is the plain centred formula differentiated by JAX; 'fused' the
-  same function with one-pass statistics and a hand-written VJP (fewer HBM passes);
-  'fused_partials' as 'fused' with all backward sums from one read of (x, grad).
+  same function with one-pass statistics and a hand-written VJP (fewer HBM passes).
   """
   eps: float = GLN_EPS
   dtype: Any = jnp.float32
@@ -254,8 +157,6 @@ class GlobalLayerNorm(nn.Module):
     scale, bias = _norm_params(self, x.shape[-1])
     if self.impl == "fused":
       return fused_global_layer_norm(x, scale, bias, self.eps, jnp.dtype(self.dtype))
-    if self.impl == "fused_partials":
-      return partials_global_layer_norm(x, scale, bias, self.eps, jnp.dtype(self.dtype))
     if self.impl != "autodiff":
       raise ValueError(f"unknown norm impl {self.impl!r}; use one of {NORM_IMPLS}")
     x32 = x.astype(jnp.float32)
