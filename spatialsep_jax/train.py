@@ -353,7 +353,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 def _train_and_evaluate(config, workdir, shards_dir, progress) -> dict:
   from data_pipeline import dataset, loader as loader_lib
 
-  sharding.maybe_initialize_distributed()
   mesh = sharding.make_mesh()
   config_checks.check_config(config, num_devices=mesh.devices.size)
   shards_dir = shards_dir or dataset.ensure_dataset(config, progress=progress)

@@ -229,12 +229,18 @@ time.sleep(600)
 """
 
 
-def test_workdir_lock_names_the_holder_and_a_killed_holder_is_stale(tmp_path, caplog):
-  workdir = str(tmp_path / "run")
+def _start_lock_holder(workdir):
+  """A process that holds `workdir`'s train lock, returned once it holds it."""
   holder = subprocess.Popen([sys.executable, "-u", "-c", HOLDER, workdir], cwd=ROOT, env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  _read_until(holder, lambda line: line == "locked")
+  return holder
+
+
+def test_workdir_lock_names_the_holder_and_a_killed_holder_is_stale(tmp_path, caplog):
+  workdir = str(tmp_path / "run")
+  holder = _start_lock_holder(workdir)
   try:
-    _read_until(holder, lambda line: line == "locked")
     with pytest.raises(io_safety.WorkdirLocked) as error:
       io_safety.WorkdirLock(workdir, "train").acquire()
     message = str(error.value)
@@ -363,10 +369,8 @@ def _smoke(smoke_dataset, **overrides):
 def test_a_second_trainer_on_one_workdir_is_refused_naming_the_first(smoke_dataset, tmp_path):
   from spatialsep_jax import train
   workdir = str(tmp_path / "run")
-  holder = subprocess.Popen([sys.executable, "-u", "-c", HOLDER, workdir], cwd=ROOT, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  holder = _start_lock_holder(workdir)
   try:
-    _read_until(holder, lambda line: line == "locked")
     with pytest.raises(io_safety.WorkdirLocked, match=f"pid {holder.pid} on"):
       train.train_and_evaluate(_smoke(smoke_dataset, train__num_steps=1), workdir,
                                progress=False)
