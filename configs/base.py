@@ -141,6 +141,7 @@ def get_base_config(variant: str = "") -> ml_collections.ConfigDict:
   ev.batch_size = 8
   ev.max_examples = 0                 # 0 = the whole split
   ev.metrics = ("sisdr", "sdr", "stoi", "pesq")
+  ev.metric_modules = ()              # modules registering more metrics (metrics.register_metric)
   ev.after_training = True            # train.py evaluates the best checkpoint at the end
   ev.compare_pretrained = True        # ... and the shipped pretrained/<config name>, if one ships
   ev.vocoder = True

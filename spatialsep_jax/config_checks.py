@@ -81,3 +81,13 @@ def check_config(config, num_devices: int = 1) -> None:
   if task.name == "separation" and config.data.num_sources < 2:
     raise ConfigError(f"config.eval.task='separation' needs config.data.num_sources >= 2 (got "
                       f"{config.data.num_sources}); use task='enhancement' for one target")
+  from spatialsep_jax import metrics
+  try:
+    metrics.import_metric_modules(tuple(config.eval.get("metric_modules", ())))
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  unknown = sorted(set(config.eval.metrics) - set(metrics.metric_names()))
+  if unknown:
+    raise ConfigError(f"config.eval.metrics names unknown metrics {unknown}; use some of "
+                      f"{metrics.metric_names()} (a registered metric's module goes in "
+                      "config.eval.metric_modules)")

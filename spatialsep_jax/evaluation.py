@@ -188,7 +188,8 @@ def evaluate_variables(config, variables, out_dir: str, *, split: str | None = N
   num_workers = config.eval.num_workers or os.cpu_count() or 1
   worker = functools.partial(metrics_lib.evaluate_example, rate=rate,
                              metrics=tuple(config.eval.metrics), vocoder_config=vocoder,
-                             align=task.align)
+                             align=task.align,
+                             metric_modules=tuple(config.eval.get("metric_modules", ())))
   pool = metrics_lib.single_threaded_pool(num_workers) if num_workers > 1 else None
   saved_examples = 0
   already = min(len(d) for d in done.values())

@@ -5,10 +5,13 @@ per-example suite (`evaluate_example`, `evaluate_many`) runs in numpy/scipy so i
 over a process pool. Values are in dB except STOI/ESTOI (0..1) and PESQ (MOS-LQO).
 """
 
+import dataclasses
 import functools
+import importlib
 import math
 import multiprocessing
 import os
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +29,59 @@ from spatialsep_jax import vocoder as vocoder_lib
 METRIC_NAMES = ("sisdr", "snr", "sdr", "stoi", "estoi", "pesq")
 DEFAULT_METRICS = ("sisdr", "sdr", "stoi", "pesq")
 PESQ_RATES = (8000, 16000)
+
+
+# ------------------------------------------------------------------ registered metrics
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricSpec:
+  name: str
+  fn: Callable
+  scope: str       # "source": fn(est [T], ref [T], rate) -> float, per reference
+                   # "example": fn(est [K, T], ref [K, T], baseline [K, T], rate) -> {column: float}
+
+
+_REGISTERED: dict[str, MetricSpec] = {}
+
+
+def register_metric(name: str, *, scope: str = "source"):
+  """Decorator adding a metric to `evaluate_example` under `name` (put it in
+  `config.eval.metrics`; its module in `config.eval.metric_modules`, so that evaluation
+  workers import it too).
+
+    scope="source":  fn(est [T], ref [T], rate) -> float; scored on the estimate and on the
+                     unprocessed baseline like the built-ins: columns `name`, `name_mixture`,
+                     `name_improvement` (and `_s<k>` per reference).
+    scope="example": fn(est [K, T], ref [K, T], baseline [K, T], rate) -> {column: float},
+                     whole-example metrics (e.g. binaural intelligibility across both ears);
+                     the returned columns are written as they are.
+  """
+  if scope not in ("source", "example"):
+    raise ValueError(f"register_metric({name!r}): scope must be 'source' or 'example', got {scope!r}")
+  if name in METRIC_NAMES:
+    raise ValueError(f"register_metric({name!r}): a built-in metric has this name; choose another")
+
+  def wrap(fn):
+    _REGISTERED[name] = MetricSpec(name, fn, scope)
+    return fn
+
+  return wrap
+
+
+def import_metric_modules(modules=()) -> None:
+  """Imports the modules that register metrics (`config.eval.metric_modules`)."""
+  for module in modules:
+    try:
+      importlib.import_module(module)
+    except ImportError as error:
+      raise ValueError(f"config.eval.metric_modules: cannot import {module!r} ({error}); "
+                       "name an importable module that registers metrics") from error
+
+
+def metric_names() -> tuple[str, ...]:
+  """Built-in and registered metric names."""
+  return METRIC_NAMES + tuple(sorted(_REGISTERED))
 
 
 @jax.jit
@@ -284,7 +340,9 @@ def _metric_per_source(name, est, ref, rate):
     return np.array([stoi(e, r, rate, extended=name == "estoi") for e, r in zip(est, ref)])
   if name == "pesq":
     return np.array([pesq(e, r, rate) for e, r in zip(est, ref)])
-  raise ValueError(f"unknown metric {name!r}; use some of {METRIC_NAMES}")
+  if name in _REGISTERED and _REGISTERED[name].scope == "source":
+    return np.array([_REGISTERED[name].fn(e, r, rate) for e, r in zip(est, ref)], np.float64)
+  raise ValueError(f"unknown metric {name!r}; use some of {metric_names()}")
 
 
 def align_by_sisdr(est, ref):
@@ -299,7 +357,7 @@ def align_by_sisdr(est, ref):
 
 
 def evaluate_example(est, ref, mixture_ref, rate, metrics=DEFAULT_METRICS, vocoder_config=None,
-                     align=True):
+                     align=True, metric_modules=()):
   """All metrics of one example and their improvements over the unprocessed mixture.
 
   Estimates are PIT-aligned to the references by SI-SDR first (`align=True`, separation), or
@@ -311,10 +369,12 @@ def evaluate_example(est, ref, mixture_ref, rate, metrics=DEFAULT_METRICS, vocod
     mixture_ref: `[T]` unprocessed signal (mixture at the reference microphone), or `[S, T]`
       one per reference (e.g. the mixture at each ear).
     rate: sample rate in Hz.
-    metrics: names from METRIC_NAMES.
+    metrics: names from `metric_names()` (built-ins and registered metrics).
     vocoder_config: None to skip the CI simulation, else a dict of `vocoder.vocode` keyword
       arguments ({} for the defaults): every metric is recomputed on vocoded estimates,
       references and mixture under "vocoded_" keys.
+    metric_modules: modules that register metrics, imported first (evaluation workers are
+      fresh processes).
   Returns:
     dict with "perm" `[S]` and, per metric m, "m", "m_mixture", "m_improvement" (each `[S]`),
     plus the "vocoded_m..." keys when vocoder_config is given.
@@ -328,9 +388,11 @@ def evaluate_example(est, ref, mixture_ref, rate, metrics=DEFAULT_METRICS, vocod
   if not est.shape[-1] == ref.shape[-1] == mixture_ref.shape[-1] or est.shape[0] < ref.shape[0]:
     raise ValueError(f"lengths must agree and N >= S; got est {est.shape}, ref {ref.shape}, "
                      f"mixture {mixture_ref.shape}")
-  unknown = set(metrics) - set(METRIC_NAMES)
+  import_metric_modules(metric_modules)
+  unknown = set(metrics) - set(metric_names())
   if unknown:
-    raise ValueError(f"unknown metrics {sorted(unknown)}; use some of {METRIC_NAMES}")
+    raise ValueError(f"unknown metrics {sorted(unknown)}; use some of {metric_names()} (a "
+                     "registered metric's module goes in config.eval.metric_modules)")
   perm = align_by_sisdr(est, ref) if align else np.arange(ref.shape[0])
   aligned = est[perm]
   mixture = np.broadcast_to(mixture_ref, ref.shape)
@@ -341,6 +403,10 @@ def evaluate_example(est, ref, mixture_ref, rate, metrics=DEFAULT_METRICS, vocod
     versions.append(("vocoded_", *vocoded))
   for prefix, estimate, reference, unprocessed in versions:
     for name in metrics:
+      if name in _REGISTERED and _REGISTERED[name].scope == "example":
+        columns = _REGISTERED[name].fn(estimate, reference, unprocessed, rate)
+        results.update({f"{prefix}{column}": value for column, value in columns.items()})
+        continue
       if name == "sdr":  # one shared Gram factorisation for both
         value, baseline = sdr(np.stack([estimate, unprocessed]), reference)
       else:
@@ -417,5 +483,6 @@ def mean_ci95(values):
 __all__ = [
     "sisdr", "snr", "sisdr_improvement", "snr_improvement", "bss_eval_sources", "sdr", "stoi",
     "pesq", "interaural_level_difference_db", "delta_ild_db", "interaural_time_difference_ms",
-    "delta_itd_ms", "align_by_sisdr", "evaluate_example", "evaluate_many", "mean_ci95",
+    "delta_itd_ms", "align_by_sisdr", "evaluate_example", "register_metric", "metric_names",
+    "import_metric_modules", "evaluate_many", "mean_ci95",
 ]

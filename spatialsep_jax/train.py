@@ -115,7 +115,7 @@ def make_loss_fn(config, model: models.Model, terms) -> Callable:
     model_rng, loss_rng = jax.random.split(rng)
     outputs, new_state = model.apply({"params": params, **model_state},
                                      batch["mixture"].astype(jnp.float32), train=train,
-                                     rng=model_rng)
+                                     rng=model_rng, references=model.references(batch))
     per_example, term_metrics, perm = loss_terms.total_loss(terms, outputs, batch, loss_rng)
     aux = {"per_example": per_example, "metrics": term_metrics, "outputs": outputs,
            "model_state": new_state, "perm": perm}
@@ -179,7 +179,8 @@ def build_programs(config, mesh=None) -> Programs:
   model = models.build_model(config)
   optimizer = make_optimizer(config)
   terms = loss_terms.bind(config)
-  keys = tuple(dict.fromkeys(BASE_STEP_KEYS + loss_terms.batch_keys(terms)
+  keys = tuple(dict.fromkeys(BASE_STEP_KEYS + model.train_inputs
+                             + loss_terms.batch_keys(terms)
                              + tasks.get(config.eval.task).batch_keys(config)))
   replicated, batched = sharding.replicated(mesh), sharding.batch_sharded(mesh)
   train_step = jax.jit(make_train_step(config, model, optimizer, terms),

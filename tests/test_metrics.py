@@ -219,3 +219,43 @@ def test_evaluation_sisdr_scores_silence_as_a_failure_and_matches_the_loss():
       assert (batched > 40).all(), (name, batched)
     else:
       assert (batched < -20).all(), (name, batched)
+
+
+def test_registered_source_and_example_metrics_join_the_rows():
+  from spatialsep_jax import config_checks
+  from spatialsep_jax.configs import mono
+
+  @metrics.register_metric("test_peak_ratio")
+  def _peak_ratio(est, ref, rate):
+    del rate
+    return float(np.max(np.abs(est)) / np.max(np.abs(ref)))
+
+  @metrics.register_metric("test_channel_energy", scope="example")
+  def _channel_energy(est, ref, baseline, rate):
+    del ref, baseline, rate
+    return {"test_energy_first": float(np.sum(est[0] ** 2)),
+            "test_energy_ratio": float(np.sum(est[0] ** 2) / np.sum(est[1] ** 2))}
+
+  rng = np.random.default_rng(3)
+  ref = rng.normal(size=(2, 800))
+  est = ref[::-1] * np.array([[2.0], [0.5]])        # swapped order, known gains
+  mixture = ref.sum(0)
+  result = metrics.evaluate_example(est, ref, mixture, 8000,
+                                    metrics=("sisdr", "test_peak_ratio", "test_channel_energy"),
+                                    vocoder_config=None)
+  np.testing.assert_array_equal(result["perm"], [1, 0])
+  np.testing.assert_allclose(result["test_peak_ratio"], [0.5, 2.0])
+  np.testing.assert_allclose(result["test_peak_ratio_mixture"],
+                             np.max(np.abs(mixture)) / np.max(np.abs(ref), axis=1))
+  # Example-scope metrics see the aligned estimates (reference order).
+  np.testing.assert_allclose(result["test_energy_first"], np.sum((0.5 * ref[0]) ** 2))
+  np.testing.assert_allclose(result["test_energy_ratio"],
+                             np.sum((0.5 * ref[0]) ** 2) / np.sum((2.0 * ref[1]) ** 2))
+  config = mono.get_config("smoke")
+  config.eval.metrics = ("sisdr", "no_such_metric")
+  with pytest.raises(config_checks.ConfigError, match="no_such_metric"):
+    config_checks.check_config(config)
+  config.eval.metrics = ("sisdr",)
+  config.eval.metric_modules = ("no_such_module_here",)
+  with pytest.raises(config_checks.ConfigError, match="metric_modules"):
+    config_checks.check_config(config)

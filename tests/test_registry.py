@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import mono
+from spatialsep_jax.configs import mono
 from spatialsep_jax import checkpoint, loss_terms, models, train
 from spatialsep_jax.models import registry
 from tests.conftest import smoke_config
@@ -137,3 +137,69 @@ def test_enhancement_task_pairs_output_k_with_target_k_through_trainer_and_evalu
     want = (sdr.sisdr_db(estimates[i, 0].astype(np.float64), target[i], np)
             - sdr.sisdr_db(mixture[i], target[i], np))
     assert rows[int(batch["example_id"][i])]["sisdr_improvement"] == pytest.approx(want, abs=1e-3)
+
+
+class _ReferenceReader(nn.Module):
+  """Estimates = gain * mixture; in training/validation also reports the clean sources it was
+  given, so the test can see what reached it."""
+
+  @nn.compact
+  def __call__(self, mixture, train: bool = False, references=None):
+    gain = self.param("gain", nn.initializers.ones, ())
+    estimates = gain * jnp.repeat(mixture[..., :1], 2, axis=-1).transpose(0, 2, 1)
+    outputs = {"estimates": estimates}
+    if references is not None:
+      outputs["seen_sources"] = references["sources"].astype(jnp.float32)
+    return outputs
+
+
+@registry.register("test_reference_reader", train_inputs=("sources",))
+def _build_reference_reader(config):
+  del config
+  return _ReferenceReader()
+
+
+@loss_terms.register("test_seen_sources")
+def _seen_sources(outputs, batch, rng, **settings):
+  del batch, rng, settings
+  # Only defined when the model received its references: fails loudly otherwise.
+  return jnp.mean(outputs["seen_sources"] ** 2, axis=(1, 2)), {}
+
+
+def test_train_inputs_reach_the_model_in_training_and_validation_but_not_inference(smoke_dataset):
+  config = _config(smoke_dataset)
+  config.model.name = "test_reference_reader"
+  config.loss.terms = {"seen": {"term": "test_seen_sources", "weight": 1.0}}
+  programs = train.build_programs(config)
+  assert "sources" in programs.step_keys and programs.model.train_inputs == ("sources",)
+  rng = np.random.default_rng(0)
+  batch = {"mixture": rng.normal(size=(2, 64, 1)).astype(np.float32),
+           "sources": rng.normal(size=(2, 2, 64)).astype(np.float16),
+           "mixture_reference": rng.normal(size=(2, 64)).astype(np.float32)}
+  expected = np.mean(batch["sources"].astype(np.float64) ** 2, axis=(1, 2))
+  loss_fn = train.make_loss_fn(config, programs.model, programs.terms)
+  variables = programs.model.init(jax.random.key(0), jnp.asarray(batch["mixture"]))
+  for is_train in (True, False):
+    _, aux = loss_fn(variables["params"], {}, {k: jnp.asarray(v) for k, v in batch.items()},
+                     jax.random.key(1), is_train)
+    np.testing.assert_allclose(np.asarray(aux["per_example"]), expected, rtol=1e-6)
+  outputs, _ = programs.model.apply(variables, jnp.asarray(batch["mixture"]))
+  assert "seen_sources" not in outputs
+  np.testing.assert_allclose(np.asarray(programs.model.estimates(variables,
+                                                                 jnp.asarray(batch["mixture"]))),
+                             np.repeat(batch["mixture"][..., :1], 2, -1).transpose(0, 2, 1),
+                             rtol=1e-6)
+
+
+def test_model_declaring_train_inputs_without_a_references_argument_is_a_one_line_error(
+    smoke_dataset):
+
+  @registry.register("test_no_references_argument", train_inputs=("sources",))
+  def _build_bad(config):
+    del config
+    return _GainSeparator(2)
+
+  config = _config(smoke_dataset)
+  config.model.name = "test_no_references_argument"
+  with pytest.raises(registry.ModelConfigError, match="references"):
+    models.build_model(config)

@@ -18,6 +18,16 @@ The module's `__call__(mixture [B, T, C], train: bool)` returns a dict of named 
 a bare `[B, S', T]` array, taken as {"estimates": ...}); dropout and other randomness use the
 "dropout" rng stream; collections other than "params" (batch statistics) are model state,
 updated when `train=True`.
+
+A model that needs clean signals while it learns (encoder outputs of the clean sources for a
+contrastive term, a teacher's embeddings of the target) names those batch keys:
+
+  @registry.register("my_model", train_inputs=("sources",))   # or a function of the config
+
+and its `__call__(mixture, train, references=None)` gets `references={"sources": ...}` in the
+training and validation steps and None at inference. Parameters used only with references
+must also be created when references is None (Flax builds parameters in `init`, which sees
+no batch), e.g. by running that path on a placeholder under `self.is_initializing()`.
 """
 
 import dataclasses
@@ -41,17 +51,26 @@ class ModelSpec:
   # config.model fields that change how the function is computed, not what it computes
   # (kernel choice, rematerialisation): left out of the run's identity.
   speed_only_fields: tuple[str, ...]
+  # Batch keys the model reads in training and validation (`references`), or a function of
+  # the config returning them.
+  train_inputs: tuple[str, ...] | Callable[[Any], tuple[str, ...]] = ()
+
+  def train_input_keys(self, config) -> tuple[str, ...]:
+    keys = self.train_inputs(config) if callable(self.train_inputs) else self.train_inputs
+    return tuple(keys)
 
 
 _MODELS: dict[str, ModelSpec] = {}
 
 
 def register(name: str, *, validate: Callable[[Any], None] | None = None,
-             speed_only_fields: tuple[str, ...] = ()):
+             speed_only_fields: tuple[str, ...] = (),
+             train_inputs: tuple[str, ...] | Callable[[Any], tuple[str, ...]] = ()):
   """Decorator: registers `build(config) -> nn.Module` under `name`."""
 
   def wrap(build):
-    _MODELS[name] = ModelSpec(name, build, validate, tuple(speed_only_fields))
+    inputs = train_inputs if callable(train_inputs) else tuple(train_inputs)
+    _MODELS[name] = ModelSpec(name, build, validate, tuple(speed_only_fields), inputs)
     return build
 
   return wrap
@@ -86,13 +105,24 @@ class Model:
   """A built model as pure functions of (variables, inputs)."""
   module: nn.Module
   num_input_channels: int
+  # Batch keys passed to the module as `references` in training and validation.
+  train_inputs: tuple[str, ...] = ()
 
   @property
   def _takes_train(self) -> bool:
     return "train" in inspect.signature(self.module.__call__).parameters
 
-  def _kwargs(self, train: bool) -> dict:
-    return {"train": train} if self._takes_train else {}
+  def _kwargs(self, train: bool, references: dict | None = None) -> dict:
+    kwargs = {"train": train} if self._takes_train else {}
+    if self.train_inputs:
+      kwargs["references"] = references
+    return kwargs
+
+  def references(self, batch: dict) -> dict | None:
+    """The batch entries the model reads while it learns (None when it reads none)."""
+    if not self.train_inputs:
+      return None
+    return {key: batch[key] for key in self.train_inputs}
 
   def init(self, rng: jax.Array, mixture: jax.Array) -> dict:
     """All variable collections of the model for inputs shaped like `mixture` [B, T, C]."""
@@ -102,13 +132,14 @@ class Model:
     return dict(variables)
 
   def apply(self, variables: dict, mixture: jax.Array, *, train: bool = False,
-            rng: jax.Array | None = None) -> tuple[dict, dict]:
-    """(outputs dict, updated non-param collections) of `mixture` [B, T, C]."""
+            rng: jax.Array | None = None, references: dict | None = None) -> tuple[dict, dict]:
+    """(outputs dict, updated non-param collections) of `mixture` [B, T, C]; `references`
+    (batch entries named by `train_inputs`) only in training and validation."""
     mutable = [name for name in variables if name != "params"] if train else []
     mutable = mutable or False
     rngs = {"dropout": rng} if rng is not None else None
     result = self.module.apply(variables, mixture, rngs=rngs, mutable=mutable,
-                               **self._kwargs(train))
+                               **self._kwargs(train, references))
     if mutable:
       outputs, new_state = result
     else:
@@ -133,4 +164,10 @@ def build(config) -> nn.Module:
 
 def build_model(config) -> Model:
   """`build(config)` as pure functions with dict outputs (what the trainer uses)."""
-  return Model(build(config), len(config.data.input_channels))
+  spec = get(config.model.name)
+  module = build(config)
+  train_inputs = spec.train_input_keys(config)
+  if train_inputs and "references" not in inspect.signature(module.__call__).parameters:
+    raise ModelConfigError(f"model {spec.name!r} declares train_inputs {train_inputs} but its "
+                           "__call__ takes no `references` argument; add `references=None`")
+  return Model(module, len(config.data.input_channels), train_inputs)
