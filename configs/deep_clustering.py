@@ -28,8 +28,8 @@ does not yet generalise; the CPU default shows the pipeline, not a trained basel
 
 import ml_collections
 
-from configs import base
-from configs import study_configs
+from spatialsep_jax.configs import base
+from spatialsep_jax.configs import study_configs
 
 
 def get_config(arg: str = ""):

@@ -3,7 +3,7 @@
 Usage: `python launch/train.py --config=configs/ild_ipd.py[:smoke|:gpu][,mono|uni|uni_fb|bi]`.
 """
 
-from configs import study_configs
+from spatialsep_jax.configs import study_configs
 
 
 def get_config(arg: str = ""):

@@ -12,7 +12,7 @@ they were).
 Example: `--config=configs/ipd.py:uni,smoke`.
 """
 
-from configs import base
+from spatialsep_jax.configs import base
 
 # Microphone sets the study compares (names from data_pipeline.array.CHANNEL_NAMES).
 MIC_SETS = {

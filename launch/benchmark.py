@@ -15,7 +15,7 @@ import platform
 import sys
 import time
 
-import common
+from spatialsep_jax.launch import common
 from absl import app, flags
 
 _CONFIG = common.define_config_flags()

@@ -4,13 +4,14 @@ import logging
 import os
 import sys
 
-# Runnable as `python launch/<verb>.py` from the repository root without installing.
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-  sys.path.insert(0, ROOT)
+from absl import flags
+from ml_collections import config_flags
 
-from absl import flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from spatialsep_jax import configs as _configs_package
+
+# The folder that holds launch/ and configs/: the repository, or the installed package.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS_DIR = os.path.dirname(os.path.abspath(_configs_package.__file__))
 
 
 def define_config_flags(workdir_default: str | None = None):
@@ -136,7 +137,7 @@ def split_entry(entry: str, variant: str = "") -> tuple[str, str]:
   """A config entry as study.py and benchmark.py take them, 'ipd:uni+sepnorm' ->
   ('ipd', the get_config arg 'gpu,uni,sepnorm' for variant 'gpu')."""
   name, _, tokens = entry.partition(":")
-  if not os.path.exists(os.path.join(ROOT, "configs", f"{name}.py")):
+  if not os.path.exists(os.path.join(CONFIGS_DIR, f"{name}.py")):
     fail(f"no configs/{name}.py; give names of files in configs/")
   return name, ",".join(filter(None, [variant] + tokens.split("+")))
 
@@ -146,12 +147,29 @@ def load_named_config(entry: str, variant: str = "", overrides=()):
   may carry extra variant tokens (`split_entry`)."""
   import importlib
   name, variant = split_entry(entry, variant)
-  config = importlib.import_module(f"configs.{name}").get_config(variant)
+  config = importlib.import_module(f"spatialsep_jax.configs.{name}").get_config(variant)
   apply_overrides(config, overrides)
   return config
 
 
+def resolve_config_argument(argv: list[str]) -> list[str]:
+  """`--config=configs/<name>.py[:variant]` names the shipped config from any folder: when no
+  such file is under the current folder, it is read from the installed `spatialsep_jax.configs`.
+  A user's own config file (any other path) is left as given."""
+  resolved = []
+  for arg in argv:
+    if arg.startswith("--config="):
+      path, colon, variant = arg[len("--config="):].partition(":")
+      shipped = os.path.join(CONFIGS_DIR, os.path.basename(path))
+      if (not os.path.exists(path) and os.path.dirname(os.path.normpath(path)) == "configs"
+          and os.path.exists(shipped)):
+        arg = f"--config={shipped}{colon}{variant}"
+    resolved.append(arg)
+  return resolved
+
+
 def _parse_flags(argv):
+  argv = resolve_config_argument(argv)
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
@@ -231,7 +249,7 @@ def _config_load_message(error: OSError) -> str:
   path = next((line.strip() for line in detail.splitlines()
                if line.strip().endswith(".py") and "Attempted" not in line), None)
   if path and not os.path.exists(path) and not os.path.exists(os.path.join(ROOT, path)):
-    names = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "configs"))
+    names = sorted(f[:-3] for f in os.listdir(CONFIGS_DIR)
                    if f.endswith(".py") and not f.startswith("_") and f not in ("base.py",))
     return (f"config file {path} does not exist; give --config=configs/<name>.py[:variant] "
             f"with <name> one of {', '.join(names)}")

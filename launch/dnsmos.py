@@ -5,7 +5,7 @@ A learned, reference-free prediction of listener ratings; files of several chann
 scored on their first channel.
 """
 
-import common  # noqa: F401  (sets sys.path)
+from spatialsep_jax.launch import common
 from absl import flags
 
 flags.DEFINE_string("json", None, "also write the scores to this JSON file")

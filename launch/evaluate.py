@@ -8,7 +8,7 @@ evaluation at a time per workdir (a lock file, `<workdir>/.evaluate.lock`, names
 training the same workdir meanwhile is allowed (evaluation only reads its checkpoints).
 """
 
-import common  # noqa: F401  (sets sys.path)
+from spatialsep_jax.launch import common
 from absl import flags
 
 _CONFIG = common.define_config_flags()

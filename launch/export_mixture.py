@@ -5,7 +5,7 @@
 
 import os
 
-import common  # noqa: F401  (sets sys.path)
+from spatialsep_jax.launch import common
 from absl import app, flags
 
 _CONFIG = common.define_config_flags()

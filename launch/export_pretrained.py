@@ -20,7 +20,7 @@ import glob
 import json
 import os
 
-import common
+from spatialsep_jax.launch import common
 from absl import flags
 
 flags.DEFINE_string("workdir", None, "the trained run's folder", required=True)

@@ -26,7 +26,7 @@ on the dumped mixtures, in float32:
 import json
 import os
 
-import common
+from spatialsep_jax.launch import common
 from absl import flags
 
 flags.DEFINE_string("dump", None, "write a batch of --split mixtures to this .npz and stop")
@@ -76,7 +76,7 @@ def build_run(folder: str):
   import flax
   import jax
   import numpy as np
-  from configs import base  # noqa: F401  (configs importable)
+  from spatialsep_jax.configs import base  # noqa: F401  (configs importable)
   from spatialsep_jax import models
   import importlib
   import ml_collections

@@ -10,7 +10,7 @@ initialised parameters at the config's model size, read from the model itself
 (the input of its first layer norm).
 """
 
-import common
+from spatialsep_jax.launch import common
 from absl import app, flags
 
 flags.DEFINE_integer("batches", 4, "at most this many test batches of 8 mixtures")

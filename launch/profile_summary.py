@@ -18,7 +18,7 @@ import math
 import os
 import re
 
-import common
+from spatialsep_jax.launch import common
 from absl import app, flags
 
 flags.DEFINE_integer("top", 25, "kernels listed per device")

@@ -7,7 +7,7 @@ one stops with one line naming the first). Prints a summary of the rendered data
 speakers, rooms, RT60/TIR/separation ranges) at the end.
 """
 
-import common  # noqa: F401  (sets sys.path)
+from spatialsep_jax.launch import common
 from absl import app, flags
 
 _CONFIG = common.define_config_flags()

@@ -15,7 +15,7 @@ checked before any work starts. Several input files may be given.
 
 import os
 
-import common  # noqa: F401  (sets sys.path)
+from spatialsep_jax.launch import common
 from absl import flags
 
 _CONFIG = common.define_config_flags()

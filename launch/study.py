@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 
-import common
+from spatialsep_jax.launch import common
 from absl import app, flags
 
 flags.DEFINE_string("workdir", "runs/study", "study folder: one sub-folder per configuration")
@@ -50,7 +50,7 @@ def main(argv):
   del argv
   common.setup_logging()
   from data_pipeline import dataset
-  from configs.proj.study import report
+  from spatialsep_jax.configs.proj.study import report
   root = FLAGS.workdir
   os.makedirs(root, exist_ok=True)
   configs = {entry: _load(entry) for entry in FLAGS.configs}

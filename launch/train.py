@@ -4,7 +4,7 @@ Renders the embedded default data first when its shards are missing, resumes
 from the workdir's latest checkpoint when there is one, and saves on SIGTERM.
 """
 
-import common  # noqa: F401  (sets sys.path)
+from spatialsep_jax.launch import common
 from absl import app, flags
 
 _CONFIG = common.define_config_flags()

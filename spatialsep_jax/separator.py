@@ -63,7 +63,7 @@ def load_config_file(config_file: str, config_arg: str = ""):
     raise FileNotFoundError(f"config file {config_file} is not in {ROOT}/configs; the model "
                             "was exported from another version of the toolkit")
   try:
-    return importlib.import_module(f"configs.{stem}").get_config(config_arg)
+    return importlib.import_module(f"spatialsep_jax.configs.{stem}").get_config(config_arg)
   except (ValueError, KeyError, TypeError) as e:
     raise ValueError(f"cannot rebuild the config: configs/{stem}.py get_config({config_arg!r}) "
                      f"says: {e}; the model was exported from another version of the "
@@ -105,7 +105,7 @@ def _config_from_record(record: dict, where: str):
   if record.get("config_file"):
     config = load_config_file(record["config_file"], record.get("config_arg", ""))
   else:  # a workdir's config.json (name + full config): start from the base and lay all on
-    from configs import base
+    from spatialsep_jax.configs import base
     name = record.get("name") or record["config"].get("name", "")
     path = os.path.join(ROOT, "configs", f"{name}.py")
     config = (load_config_file(path, "") if name and os.path.exists(path)

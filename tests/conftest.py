@@ -1,13 +1,10 @@
 """Shared fixtures: one tiny real render (eSpeak corpus + pyroomacoustics bank) per test session."""
 
 import os
-import sys
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-  sys.path.insert(0, ROOT)
 
 
 @pytest.fixture(scope="session")
@@ -18,7 +15,7 @@ def smoke_cache_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def smoke_dataset(tmp_path_factory, smoke_cache_dir):
   """(shards_dir, cache_dir) of the `:smoke` render shared by every configuration."""
-  from configs import ild_ipd
+  from spatialsep_jax.configs import ild_ipd
   from data_pipeline import dataset
   config = ild_ipd.get_config("smoke")
   config.data.cache_dir = smoke_cache_dir

@@ -9,7 +9,7 @@ import pytest
 import soundfile
 from scipy import signal
 
-from configs import base
+from spatialsep_jax.configs import base
 from data_pipeline import array, head, measured, rooms
 
 
@@ -200,7 +200,7 @@ def test_sofa_round_trip(tmp_path):
 
 
 def test_measured_rooms_are_split_and_one_room_needs_the_share_option(tmp_path):
-  from configs import base
+  from spatialsep_jax.configs import base
   from data_pipeline import scenes
   _write_brirs(tmp_path, 8000)
   soundfile.write(tmp_path / "office_az0.wav", np.eye(200, 6, dtype=np.float32), 8000,

@@ -8,7 +8,7 @@ import pytest
 import scipy.signal
 import soundfile
 
-from configs import base
+from spatialsep_jax.configs import base
 from data_pipeline import corpus
 from data_pipeline import espeak_corpus
 

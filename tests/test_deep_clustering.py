@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import scipy.signal
 
-from configs import deep_clustering as dc_config
+from spatialsep_jax.configs import deep_clustering as dc_config
 from spatialsep_jax import config_checks, evaluation, loss_terms, models, train
 from spatialsep_jax.models import deep_clustering as dc
 from tests.conftest import smoke_config, with_overrides

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from configs import bilateral
+from spatialsep_jax.configs import bilateral
 from spatialsep_jax import evaluation, train
 from tests.conftest import ROOT, smoke_config
 

@@ -102,7 +102,7 @@ def test_zero_branch_refuses_attention_fusion():
 
 
 def test_config_tokens():
-  from configs import bilateral, ipd
+  from spatialsep_jax.configs import bilateral, ipd
   config = ipd.get_config("smoke,cossin,zeroinit")
   assert config.name == "ipd_cossin_zeroinit"
   assert tuple(config.model.features) == ("ipd_cossin",)

@@ -6,7 +6,7 @@ import pickle
 import numpy as np
 import pytest
 
-from configs import base
+from spatialsep_jax.configs import base
 from data_pipeline import loader, render, shards
 from tests.test_shards import CHANNELS, SEGMENT, fake_example, manifest_extra
 

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import base
+from spatialsep_jax.configs import base
 from spatialsep_jax import models
 from spatialsep_jax.models import layers, sudormrf
 

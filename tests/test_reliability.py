@@ -274,7 +274,7 @@ def test_workdir_under_a_file_is_one_line(tmp_path):
 
 def test_checkpoint_identity_is_checked_from_real_orbax_metadata(tmp_path):
   import orbax.checkpoint as ocp
-  from configs import mono
+  from spatialsep_jax.configs import mono
   from spatialsep_jax import train
   config = mono.get_config("smoke")
   fingerprint = train.config_fingerprint(config)
@@ -360,7 +360,7 @@ def test_recover_and_read_csv_for_a_writer_that_learns_its_columns_late(tmp_path
 # ------------------------------------------------------------------------------ trainer / evaluator
 
 def _smoke(smoke_dataset, **overrides):
-  from configs import mono
+  from spatialsep_jax.configs import mono
   from tests.conftest import smoke_config
   shards, cache = smoke_dataset
   return smoke_config(mono, shards, cache, **overrides)

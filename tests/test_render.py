@@ -81,7 +81,7 @@ def test_render_refuses_directory_of_another_config(clean_render):
 
 def test_smoke_render_keeps_rooms_disjoint(smoke_dataset):
   """The real renderer (eSpeak corpus, pyroomacoustics bank) on the :smoke config."""
-  from configs import ild_ipd
+  from spatialsep_jax.configs import ild_ipd
   from data_pipeline import rooms, summarize
   shards_dir, cache_dir = smoke_dataset
   config = ild_ipd.get_config("smoke")
@@ -99,7 +99,7 @@ def test_smoke_render_keeps_rooms_disjoint(smoke_dataset):
 
 
 def test_quiet_crops_are_redrawn_then_refused(smoke_dataset):
-  from configs import ild_ipd
+  from spatialsep_jax.configs import ild_ipd
   from data_pipeline import dataset
   _, cache_dir = smoke_dataset
   config = ild_ipd.get_config("smoke")
@@ -139,7 +139,7 @@ def unknown_sex_example(split, index):
 
 
 def test_summary_says_unknown_for_speakers_of_unknown_sex(tmp_path):
-  from configs import base
+  from spatialsep_jax.configs import base
   from data_pipeline import summarize
   render.render_dataset(str(tmp_path), {"train": 3}, 3, unknown_sex_example, manifest_extra(),
                         "h", num_workers=0, progress=False)
@@ -151,7 +151,7 @@ def test_summary_says_unknown_for_speakers_of_unknown_sex(tmp_path):
 
 
 def test_segment_seconds_zero_is_named(tmp_path):
-  from configs import base
+  from spatialsep_jax.configs import base
   from data_pipeline import dataset
   config = base.get_base_config("smoke")
   config.data.segment_seconds = 0.0
@@ -221,7 +221,7 @@ def test_second_renderer_is_refused_and_an_implicit_render_waits(smoke_dataset, 
   import subprocess
   import sys
   import threading
-  from configs import ild_ipd
+  from spatialsep_jax.configs import ild_ipd
   from data_pipeline import dataset
   from spatialsep_jax import io_safety
   from tests.conftest import ROOT

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from configs import base
+from spatialsep_jax.configs import base
 from data_pipeline import rooms, scenes
 
 SPEAKERS = ((3, 0, 210.0), (7, 1, 110.0))

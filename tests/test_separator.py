@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from configs import mono
+from spatialsep_jax.configs import mono
 from spatialsep_jax import separator as separator_lib
 from spatialsep_jax.separator import Separator
 from tests.conftest import ROOT, smoke_config

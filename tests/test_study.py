@@ -37,7 +37,7 @@ def test_paired_differences_match_numpy():
   import numpy as np
   import pytest
   from scipy import stats
-  from configs.proj.study import report
+  from spatialsep_jax.configs.proj.study import report
   rng = np.random.default_rng(0)
   def rows(values):
     return {i: {"example_id": i, "separation_deg": 10.0 * i, "sex_pair": "same-sex" if i % 2
@@ -57,7 +57,7 @@ def test_paired_differences_match_numpy():
 
 def test_config_tokens_name_the_run_and_reject_sepnorm_without_features():
   import pytest
-  from configs import ild_ipd, ipd, mono
+  from spatialsep_jax.configs import ild_ipd, ipd, mono
   config = ipd.get_config("smoke,uni,sepnorm")
   assert config.name == "ipd_uni_sepnorm" and config.model.feature_norm == "separate"
   assert config.data.input_channels == ("L_back", "L_tmic")

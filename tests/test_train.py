@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import ild_ipd, mono
+from spatialsep_jax.configs import ild_ipd, mono
 from spatialsep_jax import config_checks, summary, train
 from tests.conftest import ROOT, smoke_config
 
@@ -109,7 +109,7 @@ def test_nonfinite_step_is_skipped_and_counted(smoke_dataset):
 
 _SHARDED_SCRIPT = r"""
 import jax, numpy as np
-from configs import mono
+from spatialsep_jax.configs import mono
 from spatialsep_jax import sharding, train
 assert jax.device_count() == 4, jax.devices()
 config = mono.get_config("smoke")
@@ -208,7 +208,7 @@ def test_device_batches_keep_order_and_values():
 
 
 def test_fingerprint_ignores_how_the_function_is_computed():
-  from configs import ild_ipd
+  from spatialsep_jax.configs import ild_ipd
   config = ild_ipd.get_config("smoke")
   same = config.copy_and_resolve_references()
   same.model.norm_impl, same.model.remat, same.data.device_prefetch = "fused", "dots", 0

@@ -21,7 +21,7 @@ def main():
   parser.add_argument("shards_dir")
   parser.add_argument("--out", default=os.path.dirname(os.path.abspath(__file__)))
   args = parser.parse_args()
-  from configs import mono
+  from spatialsep_jax.configs import mono
   from data_pipeline import loader as loader_lib
   from spatialsep_jax import dnsmos, io_safety
   from spatialsep_jax.separator import Separator
