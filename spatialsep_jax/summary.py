@@ -1,23 +1,25 @@
 """Training metrics to TensorBoard event files and a JSON-lines log that survives kills.
 
-TensorBoard's own event writer is used directly (it needs no TensorFlow, which the GPU hosts
-lack); every scalar also goes to ``metrics.jsonl`` so reports and tests can read runs without
-TensorBoard.
+Event files are written through tensorboardX's public `SummaryWriter` (it needs neither
+TensorFlow, which the GPU hosts lack, nor TensorBoard, which only views them: the `tensorboard`
+extra); every scalar also goes to ``metrics.jsonl`` so reports and tests can read runs without
+TensorBoard. clu's metric writers were the other candidate: their TensorBoard writer needs
+TensorFlow.
 
 ``metrics.jsonl`` is written one row at a time with a flush and fsync per row
 (`io_safety.JsonlAppender`): a kill loses at most the row being written, and a torn last row
 is dropped with a warning when the log is opened again. A resumed run passes the step it
 restarts from (`resume_step`): rows after that step (written after the checkpoint it restores)
 are dropped, so the log holds every step exactly once; TensorBoard gets a SessionLog START at
-`resume_step + 1`, which makes it discard the orphaned events of those steps.
+`resume_step + 1` (the writer's `purge_step`), which makes it discard the orphaned events of
+those steps.
 """
 
 import os
 import time
 
 import jax
-from tensorboard.compat.proto import event_pb2, summary_pb2
-from tensorboard.summary.writer.event_file_writer import EventFileWriter
+import tensorboardX
 
 from spatialsep_jax import io_safety
 
@@ -42,11 +44,12 @@ class MetricWriter:
     self._jsonl = io_safety.JsonlAppender(self.path, fsync=fsync)
     if resume_step is not None:
       self.dropped = self._jsonl.keep_only(lambda row: int(row.get("step", 0)) <= resume_step)
-    self._events = EventFileWriter(logdir)
-    if resume_step is not None:  # also at 0: events of a run killed before its first checkpoint
-      self._events.add_event(event_pb2.Event(
-          step=int(resume_step) + 1, wall_time=time.time(),
-          session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
+    # purge_step also at resume_step 0: events of a run killed before its first checkpoint.
+    # The file name holds only the second and the host: the suffix keeps a writer opened
+    # again within the same second (a quick resume) from truncating the earlier file.
+    self._events = tensorboardX.SummaryWriter(
+        logdir, purge_step=None if resume_step is None else int(resume_step) + 1,
+        filename_suffix=f".{os.getpid()}.{time.time_ns()}")
 
   def write_scalars(self, step: int, scalars: dict) -> None:
     if not self._active:
@@ -54,9 +57,9 @@ class MetricWriter:
     values = {k: float(v) for k, v in scalars.items()}
     # The JSON row first: it is the record the reports read, flushed before anything else.
     self._jsonl.append({"step": int(step), **values})
-    summary = summary_pb2.Summary(
-        value=[summary_pb2.Summary.Value(tag=k, simple_value=v) for k, v in values.items()])
-    self._events.add_event(event_pb2.Event(step=int(step), wall_time=time.time(), summary=summary))
+    wall_time = time.time()
+    for tag, value in values.items():
+      self._events.add_scalar(tag, value, global_step=int(step), walltime=wall_time)
 
   def flush(self) -> None:
     if self._active:
