@@ -48,8 +48,16 @@ def get_base_config(variant: str = "") -> ml_collections.ConfigDict:
   data.min_crop_level_db = -15.0      # crops quieter than this relative to the utterance's
                                       # active level are never drawn (about 3% of the segment
                                       # at active level: 0.12 s of 4 s); -inf: any non-zero crop
-  data.noise = "none"                 # none | diffuse | a folder of noise files
-  data.snr_db_range = (0.0, 15.0)
+  data.noise = "none"                 # none | diffuse | babble | nonstationary | mixed | a folder
+                                      # of noise files (data_pipeline/noise.py); through the
+                                      # scene's room and mics, record field noise_kind
+  data.snr_db_range = (0.0, 15.0)     # talkers-to-noise RMS ratio at the reference mic
+  # Used only by the noise kinds that need them (the dataset and run identities leave them out
+  # otherwise, dataset.unused_data_fields):
+  data.babble_talkers = 6             # babble: utterances summed, each from its own azimuth
+  data.babble_speaker_fraction = 0.1  # babble, folder corpora: share of the speakers taken out
+                                      # of training for the babble pools
+  data.mixed_noise_kinds = ("diffuse", "babble", "nonstationary")  # mixed: drawn per example
   data.rir_length_seconds = 1.0       # as the study: BRIRs truncated/padded to 1 s
   data.num_rooms = 64                 # RIR bank: rooms x azimuths x distances
   data.room_split = (0.75, 0.125, 0.125)  # fractions of the bank's rooms per train/val/test
@@ -70,7 +78,8 @@ def get_base_config(variant: str = "") -> ml_collections.ConfigDict:
   data.prefetch = 2                   # host batches the loader prepares ahead
   data.device_prefetch = 2            # batches copied to the device ahead of the step
   data.espeak = ml_collections.ConfigDict(
-      dict(num_speakers=40, utterances_per_speaker=12, split_speakers=(30, 5, 5)))
+      dict(num_speakers=40, utterances_per_speaker=12, split_speakers=(30, 5, 5),
+           babble_speakers=(8, 4, 4)))  # babble voices per split, beside the 40 talkers
   data.speaker_split = (0.8, 0.1, 0.1)  # folder corpora: speaker-disjoint fractions
 
   # ---------------------------------------------------------------- model
@@ -173,6 +182,7 @@ def get_base_config(variant: str = "") -> ml_collections.ConfigDict:
     data.espeak.num_speakers = 12
     data.espeak.utterances_per_speaker = 2
     data.espeak.split_speakers = (6, 3, 3)
+    data.espeak.babble_speakers = (3, 2, 2)
     model.enc_basis = 32
     model.bottleneck = 16
     model.num_blocks = 2

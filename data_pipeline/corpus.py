@@ -21,6 +21,12 @@ the folder layout (`data.corpus_layout`):
   auto         the first of librispeech, vctk, wsj0 that matches at least 90% of
                the audio files, else flat.
 
+Babble speakers (`babble_fraction` > 0, set from data.babble_speaker_fraction when a noise kind
+needs babble): the ceil(fraction x speakers) training speakers with the highest split hash leave
+the training split and become babble speakers, ranked by a second hash into train / val / test
+babble pools (data.speaker_split fractions, at least one each); val and test talkers are the same
+with or without babble, training keeps the rest.
+
 Every file is validated once (unreadable, empty, non-finite or out-of-range
 [-1, 1] samples, silent, clipped, unreadable sample rate); the scan is cached as json in the cache folder and re-used for
 files whose size and modification time did not change.
@@ -39,7 +45,7 @@ import wave
 import numpy as np
 import soundfile
 
-from data_pipeline import espeak_corpus
+from data_pipeline import espeak_corpus, noise
 from data_pipeline.corpus_base import (F0_MAX_HZ, F0_MIN_HZ, SPLITS, Corpus, Speaker,  # noqa: F401
                                        Utterance, estimate_f0, resample)
 
@@ -51,6 +57,8 @@ FULL_SCALE = 0.999
 F0_ANALYSIS_SECONDS = 10.0
 SCAN_VERSION = 2  # 2: non-finite and out-of-range samples are skipped
 LAYOUT_MATCH_FRACTION = 0.9
+BABBLE_SPEAKERS_DEFAULT = (8, 4, 4)   # configs/base.py's data.espeak.babble_speakers
+BABBLE_FRACTION_DEFAULT = 0.1         # configs/base.py's data.babble_speaker_fraction
 
 _LIBRISPEECH_RE = re.compile(r"(?:^|/)(\d+)/(\d+)/\1-\2-\d+\.(?:flac|wav)$", re.IGNORECASE)
 _VCTK_RE = re.compile(r"(?:^|/)([a-z]\d+)/\1_\d+(?:_mic\d)?\.(?:flac|wav)$", re.IGNORECASE)
@@ -166,6 +174,35 @@ def parse_speaker_sex(path: str, speaker_ids: set[str]) -> dict[str, int]:
   return sexes
 
 
+def _hash_position(seed, speaker_id: str, salt: str = "") -> float:
+  return int(hashlib.sha256(f"{salt}{seed}:{speaker_id}".encode()).hexdigest()[:15], 16) / 16**15
+
+
+def carve_babble_speakers(splits: dict[str, list[str]], fraction: float, fractions,
+                          seed: int) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+  """(talker splits with babble speakers taken out of train, {split: babble speaker ids}).
+
+  The ceil(fraction x all speakers) (at least 3) training speakers of highest sha256(seed, id)
+  become babble speakers; a second hash ranks them into train / val / test pools of
+  round(fraction_split x count) (at least 1 each, train the rest)."""
+  total = sum(len(ids) for ids in splits.values())
+  count = max(3, math.ceil(float(fraction) * total))
+  train = sorted(splits["train"], key=lambda s: _hash_position(seed, s))
+  if len(train) - count < 2:
+    raise ValueError(f"babble needs {count} speakers (data.babble_speaker_fraction={fraction}, "
+                     f"at least 3) out of {len(train)} training speakers and training must keep "
+                     "2; lower the fraction or use a corpus with more speakers")
+  babble = sorted(train[len(train) - count:], key=lambda s: _hash_position(seed, s, "babble:"))
+  fractions = tuple(float(f) for f in fractions)
+  num_val = max(1, round(fractions[1] / sum(fractions) * count))
+  num_test = max(1, round(fractions[2] / sum(fractions) * count))
+  pools = {"train": babble[:count - num_val - num_test],
+           "val": babble[count - num_val - num_test:count - num_test],
+           "test": babble[count - num_test:]}
+  talkers = dict(splits, train=sorted(train[:len(train) - count]))
+  return talkers, {split: sorted(ids) for split, ids in pools.items()}
+
+
 def split_speakers_by_hash(speaker_ids: list[str], fractions, seed: int) -> dict[str, list[str]]:
   """Speaker-disjoint train/val/test speaker lists.
 
@@ -180,8 +217,7 @@ def split_speakers_by_hash(speaker_ids: list[str], fractions, seed: int) -> dict
     raise ValueError(
         f"data.speaker_split={fractions} must be 3 positive fractions (train, val, test)")
   bounds = np.cumsum(fractions) / sum(fractions)
-  position = {s: int(hashlib.sha256(f"{seed}:{s}".encode()).hexdigest()[:15], 16) / 16**15
-              for s in speaker_ids}
+  position = {s: _hash_position(seed, s) for s in speaker_ids}
   splits = {split: sorted(s for s in speaker_ids if lower <= position[s] < upper)
             for split, lower, upper in zip(SPLITS, (0.0, *bounds[:2]), (*bounds[:2], 1.0))}
   if min(len(ids) for ids in splits.values()) >= 2:
@@ -203,7 +239,8 @@ class FolderCorpus(Corpus):
   """A folder of wav/flac speech files (see the module docstring for the layouts)."""
 
   def __init__(self, root: str, sample_rate: int = 8000, layout: str = "auto",
-               speaker_split=(0.8, 0.1, 0.1), seed: int = 0, cache_dir: str = ".cache"):
+               speaker_split=(0.8, 0.1, 0.1), seed: int = 0, cache_dir: str = ".cache",
+               babble_fraction: float = 0.0):
     if layout not in LAYOUTS:
       raise ValueError(f"data.corpus_layout={layout!r} is unknown; use one of {LAYOUTS}")
     if int(sample_rate) <= 0:
@@ -248,6 +285,15 @@ class FolderCorpus(Corpus):
       split_ids = split_speakers_by_hash(list(by_speaker), speaker_split, seed)
     except ValueError as error:
       raise ValueError(f"{self.root}: {error} ({self.usable_summary()})") from None
+    self._babble = None
+    if babble_fraction > 0:
+      try:
+        split_ids, babble_ids = carve_babble_speakers(split_ids, babble_fraction, speaker_split,
+                                                      seed)
+      except ValueError as error:
+        raise ValueError(f"{self.root}: {error} ({self.usable_summary()})") from None
+      self._babble = {split: sorted((u for s in ids for u in by_speaker[s]), key=lambda u: u.key)
+                      for split, ids in babble_ids.items()}
     self._splits = {split: sorted((u for s in ids for u in by_speaker[s]), key=lambda u: u.key)
                     for split, ids in split_ids.items()}
     summary = ", ".join(f"{reason}: {count}" for reason, count in sorted(self.skipped.items()))
@@ -256,6 +302,9 @@ class FolderCorpus(Corpus):
             "skipped %d files%s", self.root, self.layout, len(self._native_rates),
             len(self.speakers), *(len(split_ids[s]) for s in SPLITS),
             sum(self.skipped.values()), f" ({summary})" if summary else "")
+
+  def _babble_splits(self):
+    return self._babble
 
   def usable_summary(self) -> str:
     """'12 usable files of 20; skipped 8 (non-finite samples: 5, silent: 3)'."""
@@ -330,10 +379,15 @@ def build_corpus(data_config, cache_dir: str, seed: int | None = None) -> Corpus
   """
   if seed is None:
     seed = data_config.get("seed", 42) if hasattr(data_config, "get") else 42
+  babble = noise.uses_babble(data_config) if hasattr(data_config, "get") else False
   if data_config.corpus == "espeak":
+    counts = tuple(data_config.espeak.get("babble_speakers", BABBLE_SPEAKERS_DEFAULT)) if babble \
+        else None
     return espeak_corpus.EspeakCorpus(data_config.espeak, data_config.sample_rate, seed,
-                                      cache_dir)
+                                      cache_dir, babble_speakers=counts)
   if not data_config.corpus:
     raise ValueError("data.corpus is empty; set it to 'espeak' or to a folder of wav/flac files")
+  fraction = float(data_config.get("babble_speaker_fraction", BABBLE_FRACTION_DEFAULT)) \
+      if babble else 0.0
   return FolderCorpus(data_config.corpus, data_config.sample_rate, data_config.corpus_layout,
-                      data_config.speaker_split, seed, cache_dir)
+                      data_config.speaker_split, seed, cache_dir, babble_fraction=fraction)

@@ -11,6 +11,8 @@ import math
 import numpy as np
 import scipy.signal
 
+from data_pipeline import noise
+
 SPLITS = ("train", "val", "test")
 F0_MIN_HZ = 50.0
 F0_MAX_HZ = 450.0
@@ -30,12 +32,39 @@ class Utterance:
 
 
 class Corpus(abc.ABC):
-  """Base class: subclasses fill `sample_rate`, `speakers`, `skipped` and `_splits`."""
+  """Base class: subclasses fill `sample_rate`, `speakers`, `skipped` and `_splits`, and
+  `_babble_splits()` when they hold babble speakers (speakers in no split's talker set, whose
+  utterances only make babble noise; per split, so test babble voices are unheard in training)."""
 
   sample_rate: int
   speakers: list[Speaker]
   skipped: collections.Counter
   _splits: dict[str, list[Utterance]]
+
+  def _babble_splits(self) -> dict[str, list[Utterance]] | None:
+    """{split: babble utterances}, or None when this corpus was built without babble speakers."""
+    return None
+
+  def babble_utterances(self, split: str) -> list[Utterance]:
+    """The babble utterances of one split (speakers disjoint from every split's talkers)."""
+    if split not in SPLITS:
+      raise ValueError(f"unknown split {split!r}; use one of {SPLITS}")
+    babble = self._babble_splits()
+    if babble is None:
+      raise ValueError("this corpus was built without babble speakers; build it with "
+                       "data.noise='babble' or 'mixed' (corpus.build_corpus)")
+    return list(babble[split])
+
+  def babble_speakers(self, split: str) -> list[str]:
+    """Sorted babble speaker ids of one split."""
+    return sorted({u.speaker_id for u in self.babble_utterances(split)})
+
+  def babble_pool(self, split: str):
+    """noise.BabblePool of the split's babble utterances, loaded with `self.load`."""
+    by_speaker = collections.defaultdict(list)
+    for utterance in self.babble_utterances(split):
+      by_speaker[utterance.speaker_id].append(utterance)
+    return noise.BabblePool(dict(by_speaker), self.load)
 
   def utterances(self, split: str) -> list[Utterance]:
     """The utterances of one split ('train' | 'val' | 'test'), sorted by key."""

@@ -15,6 +15,7 @@ import sys
 import time
 
 from data_pipeline import array as array_lib
+from data_pipeline import noise as noise_lib
 from data_pipeline import render as render_lib
 from data_pipeline import shards
 
@@ -26,14 +27,46 @@ RESULT_NEUTRAL_FIELDS = ("loader", "prefetch", "shards_dir", "cache_dir", "loade
 # Fields that change what a model reads from the shards, not the shards themselves.
 _READ_SIDE_FIELDS = RESULT_NEUTRAL_FIELDS + ("input_channels", "target", "dynamic_mixing")
 DATASET_FORMAT_VERSION = 2  # = shards.RECORD_VERSION: room-disjoint splits, target mics
+# Identity of how noise is rendered, in the fingerprint of noisy datasets only (so noise-free
+# datasets keep theirs). 2: pink diffuse noise from evenly spread azimuths, babble,
+# nonstationary, steady-state room fields, the noise_kind record field.
+NOISE_RENDER_VERSION = 2
+
+
+def unused_data_fields(data) -> tuple[str, ...]:
+  """Dotted config.data fields (from the noise kinds) that `data` (config.data or its dict) does
+  not use: left out of the dataset fingerprint and the run identity, so adding them to the base
+  config changed neither for any configuration that does not use them."""
+  kinds = noise_lib.kinds_of(data)
+  babble = "babble" in kinds
+  espeak = data["corpus"] == "espeak"
+  used = {"babble_talkers": babble, "babble_speaker_fraction": babble and not espeak,
+          "espeak.babble_speakers": babble and espeak,
+          "mixed_noise_kinds": data["noise"] == "mixed"}
+  return tuple(field for field, is_used in used.items() if not is_used)
+
+
+def identity_data(data: dict) -> dict:
+  """A copy of the dict of config.data without its `unused_data_fields`."""
+  data = json.loads(json.dumps(data, default=str))
+  for field in unused_data_fields(data):
+    *parents, leaf = field.split(".")
+    node = data
+    for part in parents:
+      node = node.get(part, {})
+    node.pop(leaf, None)
+  return data
 
 log = logging.getLogger(__name__)
 
 
 def dataset_fingerprint(config) -> str:
-  data = {k: v for k, v in config.data.to_dict().items() if k not in _READ_SIDE_FIELDS}
+  data = {k: v for k, v in identity_data(config.data.to_dict()).items()
+          if k not in _READ_SIDE_FIELDS}
   data["target_mics"] = list(array_lib.target_mics(config.data))  # () and (reference,) alike
   fields = {"data": data, "seed": int(config.seed), "version": DATASET_FORMAT_VERSION}
+  if config.data.noise != "none":
+    fields["noise_version"] = NOISE_RENDER_VERSION
   return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -173,6 +206,14 @@ def _render_locked(config, directory, num_workers, progress, command) -> dict:
       raise ValueError(f"the {split} split of the corpus has fewer than "
                        f"{config.data.num_sources} speakers{usable}; add speakers or change the "
                        "split")
+  noise_extra = {}
+  if config.data.noise != "none":
+    noise_lib.kinds_of(config.data)  # a bad data.mixed_noise_kinds stops here, before the bank
+    noise_extra["noise_kinds"] = list(noise_lib.NOISE_KINDS)
+  if noise_lib.uses_babble(config.data):
+    # Synthesises (eSpeak) or lists the babble speakers once here, before any render worker.
+    noise_extra["babble_speakers"] = {split: corpus.babble_pool(split).speakers
+                                      for split in SPLITS}
   bank = scenes.load_bank(config, cache_dir(config), num_workers=num_workers or 0,
                          progress=progress)
   speakers = [dict(id=s.speaker_id, sex=int(s.sex), f0=float(s.f0_hz)) for s in corpus.speakers]
@@ -188,6 +229,7 @@ def _render_locked(config, directory, num_workers, progress, command) -> dict:
       corpus=str(config.data.corpus),
       scene=str(config.data.scene),
       noise=str(config.data.noise),
+      **noise_extra,
       skipped_files=dict(corpus.skipped),
       room_splits={split: [int(r) for r in scenes.rooms_of_split(config, bank, split)]
                    for split in SPLITS},
@@ -218,8 +260,10 @@ def _scene_inputs(config_json: str):
     corpus = corpus_lib.build_corpus(config.data, cache_dir(config), seed=config.seed)
     bank = scenes.load_bank(config, cache_dir(config), num_workers=1, progress=False)
     by_speaker = {split: _group_by_speaker(corpus.utterances(split)) for split in SPLITS}
+    babble = ({split: corpus.babble_pool(split) for split in SPLITS}
+              if noise_lib.uses_babble(config.data) else {})
     _WORKER_CACHE.clear()
-    _WORKER_CACHE[config_json] = (config, corpus, bank, by_speaker)
+    _WORKER_CACHE[config_json] = (config, corpus, bank, by_speaker, babble)
   return _WORKER_CACHE[config_json]
 
 
@@ -231,13 +275,14 @@ def _group_by_speaker(utterances):
 
 
 def _make_example(config_json: str, split: str, index: int) -> dict:
-  """Example `index` of `split`: S different speakers, one utterance each, one scene.
+  """Example `index` of `split`: S different speakers, one utterance each, one scene (and the
+  split's babble pool when the noise needs one).
 
   A draw whose crop is too quiet (scenes.QuietCrop) is redrawn, speakers and utterances
   included, from the same example generator (so the result stays deterministic).
   """
   from data_pipeline import scenes
-  config, corpus, bank, by_speaker = _scene_inputs(config_json)
+  config, corpus, bank, by_speaker, babble = _scene_inputs(config_json)
   rng = scenes.scene_seed(config.seed, split, index)
   speakers = list(by_speaker[split])
   for _ in range(MAX_SCENE_DRAWS):
@@ -253,7 +298,7 @@ def _make_example(config_json: str, split: str, index: int) -> dict:
                            float(speaker.f0_hz)))
     try:
       return scenes.make_example(config, tuple(utterances), tuple(speaker_info), bank, rng,
-                                 index, split=split)
+                                 index, split=split, babble=babble.get(split))
     except scenes.QuietCrop as error:
       last = error
   raise ValueError(f"example {index} of {split}: {MAX_SCENE_DRAWS} draws of utterances gave no "

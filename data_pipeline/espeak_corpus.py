@@ -11,6 +11,11 @@ its own pitch, pitch range and speaking rate drawn from the seed; speakers
 alternate female / male. The library comes from the `espeakng-loader` wheel and
 is driven through its C API with ctypes.
 
+Babble speakers (`data.espeak.babble_speakers` = per-split counts, used only by noise kinds that
+need babble): further voices planned the same way after the corpus's own, ids `babble000`...,
+split per split like the talkers, synthesised lazily into their own cache folder, so the
+talkers, their splits and their cache are the same with or without them.
+
 Determinism: libespeak-ng keeps synthesis state (oscillator phases, flutter
 index, filter memories) in globals that survive between calls and even across
 espeak_Terminate / espeak_Initialize, so an utterance depends on what the
@@ -260,11 +265,42 @@ def _run_blocks(blocks: list[list[VoiceSpec]], sentences: list[str], sample_rate
   return results
 
 
+def _synthesise_into(cache_path: str, specs: list[VoiceSpec], sentences: list[str],
+                     sample_rate: int, num_workers: int) -> None:
+  """Synthesises `specs` (blocks of BLOCK_SPEAKERS in fresh subprocesses) into
+  `cache_path`/waveforms.npz + speakers.json, each written atomically."""
+  start = time.perf_counter()
+  blocks = [specs[i:i + BLOCK_SPEAKERS] for i in range(0, len(specs), BLOCK_SPEAKERS)]
+  workers = min(len(blocks), num_workers or os.cpu_count() or 1)
+  os.makedirs(cache_path, exist_ok=True)
+  with tempfile.TemporaryDirectory(dir=cache_path) as work_dir:
+    block_results = _run_blocks(blocks, sentences, sample_rate, workers, work_dir)
+  results = [r for block in block_results for r in block]
+  waveforms = [w for speaker_waveforms, _ in results for w in speaker_waveforms]
+  offsets = np.cumsum([0] + [len(w) for w in waveforms]).astype(np.int64)
+  temporary = os.path.join(cache_path, f"waveforms.{os.getpid()}.tmp.npz")
+  np.savez(temporary, audio=np.concatenate(waveforms), offsets=offsets)
+  os.replace(temporary, os.path.join(cache_path, "waveforms.npz"))
+  meta = dict(version=CACHE_VERSION, sample_rate=sample_rate,
+              voices=[dataclasses.asdict(s) for s in specs],
+              f0_hz=[None if math.isnan(f0) else f0 for _, f0 in results])
+  temporary = os.path.join(cache_path, f"speakers.{os.getpid()}.tmp")
+  with open(temporary, "w") as meta_file:
+    json.dump(meta, meta_file, indent=1)
+  os.replace(temporary, os.path.join(cache_path, "speakers.json"))
+  seconds = time.perf_counter() - start
+  audio_seconds = offsets[-1] / sample_rate
+  log.info("eSpeak corpus: synthesised %d speakers x %d utterances (%.0f s of audio) in %.1f s "
+           "with %d worker processes -> %s", len(specs), len(specs[0].sentence_indices),
+           audio_seconds, seconds, workers, cache_path)
+
+
 class EspeakCorpus(corpus_base.Corpus):
   """Synthetic multi-speaker English corpus (see the module docstring)."""
 
   def __init__(self, espeak_config, sample_rate: int = 8000, seed: int = 0,
-               cache_dir: str = ".cache", num_workers: int = 0):
+               cache_dir: str = ".cache", num_workers: int = 0, babble_speakers=None):
+    """babble_speakers: (train, val, test) counts of babble voices (None or zeros: none)."""
     num_speakers = int(espeak_config.num_speakers)
     utterances_per_speaker = int(espeak_config.utterances_per_speaker)
     split_counts = tuple(int(n) for n in espeak_config.split_speakers)
@@ -278,6 +314,21 @@ class EspeakCorpus(corpus_base.Corpus):
     if not 1 <= utterances_per_speaker <= len(sentences):
       raise ValueError(f"data.espeak.utterances_per_speaker={utterances_per_speaker} must be in "
                        f"1..{len(sentences)} (the sentences in {SENTENCES_PATH})")
+    babble_counts = tuple(int(n) for n in (babble_speakers or ()))
+    if babble_counts and any(babble_counts):
+      if len(babble_counts) != 3 or min(babble_counts) < 1:
+        raise ValueError(f"data.espeak.babble_speakers={babble_counts} must be 3 counts >= 1 "
+                         "(train, val, test babble voices)")
+      if num_speakers + sum(babble_counts) > 1000:
+        raise ValueError(f"data.espeak.num_speakers + babble speakers = "
+                         f"{num_speakers + sum(babble_counts)} exceeds 1000 voices; use fewer")
+    else:
+      babble_counts = ()
+    self._babble_counts = babble_counts
+    self._babble = None
+    self._babble_audio = {}
+    self._num_speakers, self._utterances_per_speaker = num_speakers, utterances_per_speaker
+    self._seed, self._num_workers = int(seed), num_workers
     self.sample_rate = int(sample_rate)
     self.skipped = collections.Counter()
     specs = plan_voices(num_speakers, utterances_per_speaker, len(sentences), seed)
@@ -312,33 +363,45 @@ class EspeakCorpus(corpus_base.Corpus):
                     for split, ids in assign_splits(specs, split_counts, seed).items()}
 
   def _synthesise(self, specs: list[VoiceSpec], sentences: list[str], num_workers: int):
-    start = time.perf_counter()
-    blocks = [specs[i:i + BLOCK_SPEAKERS] for i in range(0, len(specs), BLOCK_SPEAKERS)]
-    workers = min(len(blocks), num_workers or os.cpu_count() or 1)
-    os.makedirs(self.cache_path, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=self.cache_path) as work_dir:
-      block_results = _run_blocks(blocks, sentences, self.sample_rate, workers, work_dir)
-    results = [r for block in block_results for r in block]
-    waveforms = [w for speaker_waveforms, _ in results for w in speaker_waveforms]
-    offsets = np.cumsum([0] + [len(w) for w in waveforms]).astype(np.int64)
-    temporary = os.path.join(self.cache_path, f"waveforms.{os.getpid()}.tmp.npz")
-    np.savez(temporary, audio=np.concatenate(waveforms), offsets=offsets)
-    os.replace(temporary, os.path.join(self.cache_path, "waveforms.npz"))
-    meta = dict(version=CACHE_VERSION, sample_rate=self.sample_rate,
-                voices=[dataclasses.asdict(s) for s in specs],
-                f0_hz=[None if math.isnan(f0) else f0 for _, f0 in results])
-    temporary = os.path.join(self.cache_path, f"speakers.{os.getpid()}.tmp")
-    with open(temporary, "w") as meta_file:
-      json.dump(meta, meta_file, indent=1)
-    os.replace(temporary, os.path.join(self.cache_path, "speakers.json"))
-    seconds = time.perf_counter() - start
-    audio_seconds = offsets[-1] / self.sample_rate
-    log.info("eSpeak corpus: synthesised %d speakers x %d utterances (%.0f s of audio) in %.1f s "
-             "with %d worker processes -> %s", len(specs), len(specs[0].sentence_indices),
-             audio_seconds, seconds, workers, self.cache_path)
+    _synthesise_into(self.cache_path, specs, sentences, self.sample_rate, num_workers)
+
+  def _babble_splits(self) -> dict[str, list[corpus_base.Utterance]] | None:
+    if not self._babble_counts:
+      return None
+    if self._babble is None:
+      self._babble = self._load_babble()
+    return self._babble
+
+  def _load_babble(self) -> dict[str, list[corpus_base.Utterance]]:
+    """Plans, synthesises (once, cached) and indexes the babble voices."""
+    counts = self._babble_counts
+    sentences = read_sentences()
+    planned = plan_voices(self._num_speakers + sum(counts), self._utterances_per_speaker,
+                          len(sentences), self._seed)[self._num_speakers:]
+    specs = [dataclasses.replace(spec, speaker_id=f"babble{index:03d}")
+             for index, spec in enumerate(planned)]
+    path = self.cache_path + f"_babble_{'-'.join(map(str, counts))}"
+    if not os.path.exists(os.path.join(path, "speakers.json")):
+      _synthesise_into(path, specs, sentences, self.sample_rate, self._num_workers)
+    with np.load(os.path.join(path, "waveforms.npz")) as arrays:
+      audio, offsets = arrays["audio"], arrays["offsets"]
+    per_speaker = self._utterances_per_speaker
+    by_speaker = {}
+    for speaker_index, spec in enumerate(specs):
+      by_speaker[spec.speaker_id] = []
+      for k in range(per_speaker):
+        utterance = corpus_base.Utterance(spec.speaker_id, f"espeak:{spec.speaker_id}:{k}")
+        index = speaker_index * per_speaker + k
+        self._babble_audio[utterance.key] = audio[offsets[index]:offsets[index + 1]]
+        by_speaker[spec.speaker_id].append(utterance)
+    self.babble_voices = specs
+    return {split: [u for s in ids for u in by_speaker[s]]
+            for split, ids in assign_splits(specs, counts, self._seed).items()}
 
   def load(self, utt: corpus_base.Utterance) -> np.ndarray:
     """float32 `[T]` at `sample_rate` (peak 0.9)."""
+    if utt.key in self._babble_audio:
+      return self._babble_audio[utt.key].astype(np.float32) / 32767.0
     if utt.key not in self._index:
       raise ValueError(f"{utt.key!r} is not an utterance of this eSpeak corpus; take utterances "
                        "from corpus.utterances(split)")

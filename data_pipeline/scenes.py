@@ -1,4 +1,5 @@
-"""Sampling a two-talker scene and mixing it into one example record (DESIGN.md's table).
+"""Sampling a scene of data.num_sources talkers (one: enhancement) and optional noise, mixed into
+one example record (DESIGN.md's table).
 
 Recipe (the study's): a bank room of the example's split (rooms are partitioned between train, val
 and test unless data.share_rooms_across_splits) and distinct grid azimuths per talker; each
@@ -6,7 +7,9 @@ utterance randomly cropped to the segment among the crops no quieter than data.m
 relative to the utterance's active level (shorter ones zero-padded at the start or the end at
 random); convolved with its reverberant and direct-path responses (the direct paths at the
 reference mic and at data.target_mics); interferers scaled to the drawn target-to-interferer ratio
-(RMS of the reverberant images at the reference mic); optional noise at the drawn SNR; the mixture
+(RMS of the reverberant images at the reference mic); optional noise (`data_pipeline.noise`: diffuse,
+babble, nonstationary, files or mixed, through the same room and mics) scaled to the drawn SNR (RMS
+of the summed talker images over RMS of the noise, at the reference mic); the mixture
 peak-normalised to 0.9 over all channels with the same gain applied to every stored signal.
 """
 
@@ -18,6 +21,7 @@ import numpy as np
 import soundfile
 from scipy import signal
 
+from data_pipeline import noise as noise_lib
 from data_pipeline import shards
 from data_pipeline.array import CHANNEL_NAMES, channel_indices, target_mics
 from data_pipeline.rooms import RirBank, build_rir_bank
@@ -25,7 +29,7 @@ from data_pipeline.rooms import RirBank, build_rir_bank
 PEAK_LEVEL = 0.9
 SPLITS = ("train", "val", "test")
 ROOM_SPLIT_STREAM = 104729  # separates the room partition's random stream from the bank's
-DIFFUSE_DIRECTIONS = 8
+DIFFUSE_DIRECTIONS = noise_lib.DIFFUSE_DIRECTIONS
 ACTIVE_FRAME_SECONDS = 0.02
 ACTIVE_RANGE_DB = 40.0
 NOISE_EXTENSIONS = (".wav", ".flac", ".ogg")
@@ -150,8 +154,8 @@ def _noise_files(folder: str) -> tuple:
   files = tuple(sorted(p for p in pathlib.Path(folder).rglob("*")
                        if p.suffix.lower() in NOISE_EXTENSIONS))
   if not files:
-    raise ValueError(f"data.noise={folder!r}: no wav/flac/ogg noise files found; use 'none', "
-                     "'diffuse' or a folder of noise files")
+    raise ValueError(f"data.noise={folder!r}: no wav/flac/ogg noise files found; use one of "
+                     f"{noise_lib.DATA_NOISE_VALUES} or a folder of noise files")
   return files
 
 
@@ -172,38 +176,81 @@ def _noise_excerpt(path: pathlib.Path, num_samples: int, sample_rate: int,
   return looped[start:start + num_samples]
 
 
-def _make_noise(data, bank: RirBank, room: int, num_samples: int,
+def _file_noise(data, bank: RirBank, room: int, num_samples: int,
                 rng: np.random.Generator) -> np.ndarray:
-  """Spatially diffuse noise [T, M]: independent excerpts through the room's responses at
-  DIFFUSE_DIRECTIONS random azimuths (white Gaussian for 'diffuse'; files otherwise; files with
-  exactly M channels are used as recorded)."""
+  """Noise [T, M] from the folder data.noise: files with exactly M channels are used as recorded;
+  otherwise independent excerpts (mixed down to mono) from DIFFUSE_DIRECTIONS random azimuths
+  through the room, in its steady state."""
   candidates = np.flatnonzero(bank.available[room])
   azimuths = rng.choice(candidates, min(DIFFUSE_DIRECTIONS, candidates.size), replace=False)
-  if data.noise == "diffuse":
-    excerpts = rng.standard_normal((azimuths.size, num_samples)).astype(np.float32)
-  else:
-    files = _noise_files(str(data.noise))
-    first = _noise_excerpt(files[rng.integers(len(files))], num_samples, int(data.sample_rate), rng)
-    if first.shape[1] == len(CHANNEL_NAMES):
-      return first
-    excerpts = [first.mean(axis=1)] + [
-        _noise_excerpt(files[rng.integers(len(files))], num_samples, int(data.sample_rate),
-                       rng).mean(axis=1) for _ in range(azimuths.size - 1)]
-    excerpts = np.stack(excerpts)
-  responses = np.asarray(bank.reverberant[room, azimuths], np.float32)          # [K, L, M]
-  return _convolve(excerpts, responses, num_samples).sum(axis=0)
+  files = _noise_files(str(data.noise))
+  rate = int(data.sample_rate)
+  first = _noise_excerpt(files[rng.integers(len(files))], num_samples, rate, rng)
+  if first.shape[1] == len(CHANNEL_NAMES):
+    return first
+  length = bank.rir_length
+  excerpts = np.stack([_noise_excerpt(files[rng.integers(len(files))], num_samples + length, rate,
+                                      rng).mean(axis=1) for _ in range(azimuths.size)])
+  return noise_lib.spatialise(excerpts, np.asarray(bank.reverberant[room, azimuths], np.float32),
+                              num_samples)
+
+
+MAX_BABBLE_DRAWS = 16
+
+
+def _babble_crops(data, pool, num_samples: int, rng: np.random.Generator) -> np.ndarray:
+  """data.babble_talkers crops [K, num_samples] of the pool's utterances, each within
+  data.min_crop_level_db of its active level (a too quiet utterance is replaced by another)."""
+  if pool is None:
+    raise ValueError(f"data.noise={data.noise!r} needs babble utterances; pass make_example a "
+                     "noise.BabblePool (dataset renders take it from the corpus's babble speakers)")
+  talkers = int(data.get("babble_talkers", 6))
+  if talkers < 1:
+    raise ValueError(f"data.babble_talkers={talkers} must be >= 1")
+  crops = []
+  for index, utterance in enumerate(pool.draw(rng, talkers)):
+    for _ in range(MAX_BABBLE_DRAWS):
+      try:
+        crops.append(crop_active(utterance, num_samples, rng, data.min_crop_level_db,
+                                 int(data.sample_rate), what=f"babble utterance {index}"))
+        break
+      except QuietCrop:
+        utterance = pool.draw(rng, 1)[0]
+    else:
+      raise ValueError(f"{MAX_BABBLE_DRAWS} babble utterances gave no crop within "
+                       f"{-float(data.min_crop_level_db):g} dB of their active level; lower "
+                       "data.min_crop_level_db or use longer babble utterances")
+  return np.stack(crops)
+
+
+def _make_noise(data, bank: RirBank, room: int, num_samples: int, rng: np.random.Generator,
+                babble=None) -> tuple[np.ndarray, str]:
+  """(noise [T, M] of one kind of `noise.kinds_of(data)` (drawn when there are several), kind)."""
+  kinds = noise_lib.kinds_of(data)
+  kind = kinds[int(rng.integers(len(kinds)))] if len(kinds) > 1 else kinds[0]
+  rate = int(data.sample_rate)
+  if kind == "diffuse":
+    return noise_lib.diffuse(bank, room, num_samples, rate, rng), kind
+  if kind == "nonstationary":
+    return noise_lib.nonstationary(bank, room, num_samples, rate, rng), kind
+  if kind == "babble":
+    crops = _babble_crops(data, babble, num_samples + bank.rir_length, rng)
+    return noise_lib.babble(crops, bank, room, num_samples, rng), kind
+  return _file_noise(data, bank, room, num_samples, rng), kind
 
 
 def make_example(config, utterances, speakers, bank: RirBank, rng: np.random.Generator,
-                 example_id: int, *, split: str) -> dict:
+                 example_id: int, *, split: str, babble=None) -> dict:
   """One example record (DESIGN.md) of `split`: utterances are S 1-D float32 arrays at
   data.sample_rate, speakers S tuples (speaker_index, sex, f0_hz) with sex 0 female, 1 male,
-  -1 unknown. The room comes from `rooms_of_split(config, bank, split)`."""
+  -1 unknown. The room comes from `rooms_of_split(config, bank, split)`. `babble`: the split's
+  noise.BabblePool, needed when data.noise draws babble. With one talker tir_db is +inf and
+  separation_deg nan."""
   data = config.data
   num_sources = len(utterances)
-  if num_sources != data.num_sources or num_sources < 2 or len(speakers) != num_sources:
+  if num_sources != data.num_sources or num_sources < 1 or len(speakers) != num_sources:
     raise ValueError(f"got {num_sources} utterances and {len(speakers)} speakers; pass "
-                     f"data.num_sources={data.num_sources} (>= 2) of each")
+                     f"data.num_sources={data.num_sources} (>= 1) of each")
   if int(bank.sample_rate) != int(data.sample_rate):
     raise ValueError(f"the bank is at {bank.sample_rate} Hz but data.sample_rate={data.sample_rate}; "
                      "rebuild the bank for this config")
@@ -239,7 +286,7 @@ def make_example(config, utterances, speakers, bank: RirBank, rng: np.random.Gen
   num_mics = reverberant_rirs.shape[2]
   images, direct = convolved[:, :, :num_mics], convolved[:, :, num_mics:]         # [S,T,M], [S,T,D]
 
-  tir_db = float(rng.uniform(*data.tir_db_range))
+  tir_db = float(rng.uniform(*data.tir_db_range)) if num_sources > 1 else np.inf
   target_rms = _rms(images[0, :, reference])
   for source in range(1, num_sources):
     gain = target_rms / max(_rms(images[source, :, reference]), 1e-12) * 10 ** (-tir_db / 20)
@@ -247,18 +294,23 @@ def make_example(config, utterances, speakers, bank: RirBank, rng: np.random.Gen
     direct[source] *= gain
   speech = images.sum(axis=0)                                                     # [T, M]
 
+  noise_kind = None
   if data.noise == "none":
     noise = np.zeros_like(speech)
     snr_db = np.inf
   else:
     snr_db = float(rng.uniform(*data.snr_db_range))
-    noise = _make_noise(data, bank, room, num_samples, rng)
+    noise, noise_kind = _make_noise(data, bank, room, num_samples, rng, babble)
     noise *= _rms(speech[:, reference]) / max(_rms(noise[:, reference]), 1e-12) * 10 ** (-snr_db / 20)
   mixture = speech + noise
   gain = PEAK_LEVEL / max(float(np.max(np.abs(mixture))), 1e-12)
 
   azimuths = np.asarray(bank.azimuths_deg)[azimuth_indices].astype(np.float32)
-  difference = abs(float(azimuths[0] - azimuths[1])) % 360.0
+  if num_sources > 1:
+    difference = abs(float(azimuths[0] - azimuths[1])) % 360.0
+    separation = min(difference, 360.0 - difference)
+  else:
+    separation = np.nan
   record = dict(
       mixture=(mixture * gain).astype(np.float16),
       reverberant=(images[:, :, reference] * gain).astype(np.float16),
@@ -266,7 +318,7 @@ def make_example(config, utterances, speakers, bank: RirBank, rng: np.random.Gen
       noise=(noise[:, reference] * gain).astype(np.float16),
       azimuth_deg=azimuths,
       distance_m=np.asarray(bank.distance_m)[room, azimuth_indices].astype(np.float32),
-      separation_deg=np.float32(min(difference, 360.0 - difference)),
+      separation_deg=np.float32(separation),
       room_dims=np.asarray(bank.room_dims)[room].astype(np.float32),
       rt60=np.float32(bank.rt60[room]),
       room_index=np.int32(room),
@@ -278,6 +330,8 @@ def make_example(config, utterances, speakers, bank: RirBank, rng: np.random.Gen
       f0_hz=np.array([np.nan if s[2] is None else s[2] for s in speakers], np.float32),
       example_id=np.int64(example_id),
   )
+  if noise_kind is not None:
+    record["noise_kind"] = np.int32(noise_lib.kind_index(noise_kind))
   if data.store_images:
     record["images"] = (images * gain).astype(np.float16)
   if shards.stores_target_fields(targets_at, data.reference_mic):

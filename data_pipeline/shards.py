@@ -81,12 +81,13 @@ def stores_target_fields(target_mics: Sequence[str], reference_mic: str) -> bool
 
 
 def record_spec(segment_samples: int, num_sources: int, num_channels: int,
-                store_images: bool = False, num_target_mics: int = 0
+                store_images: bool = False, num_target_mics: int = 0, noise_kind: bool = False
                 ) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
   """Shape and dtype of every record field (see DESIGN.md, "Example record").
 
   T = segment_samples, S = num_sources, M = num_channels, M_t = num_target_mics (0: no
-  *_targets fields).
+  *_targets fields); noise_kind: records of noisy scenes carry the int `noise_kind` (an index
+  into the manifest's `noise_kinds`).
   """
   t, s, m, mt = int(segment_samples), int(num_sources), int(num_channels), int(num_target_mics)
   f16, f32, i32, i64 = (np.dtype(d) for d in ("float16", "float32", "int32", "int64"))
@@ -111,6 +112,8 @@ def record_spec(segment_samples: int, num_sources: int, num_channels: int,
   }
   if store_images:
     spec["images"] = ((s, t, m), f16)
+  if noise_kind:
+    spec["noise_kind"] = ((), i32)
   if mt:
     spec["reverberant_targets"] = ((s, t, mt), f16)
     spec["direct_targets"] = ((s, t, mt), f16)
@@ -124,7 +127,7 @@ def spec_from_manifest(manifest: Mapping[str, Any]) -> dict[str, tuple[tuple[int
   stored = stores_target_fields(target_mics, manifest["reference_mic"])
   return record_spec(manifest["segment_samples"], manifest["num_sources"],
                      len(manifest["channel_names"]), manifest.get("store_images", False),
-                     len(target_mics) if stored else 0)
+                     len(target_mics) if stored else 0, bool(manifest.get("noise_kinds")))
 
 
 def manifest_target_mics(manifest: Mapping[str, Any]) -> list[str]:

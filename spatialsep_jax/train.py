@@ -309,6 +309,7 @@ def config_fingerprint(config) -> str:
                        if k != "decay_every_steps"}
   for field in dataset.RESULT_NEUTRAL_FIELDS:
     relevant["data"].pop(field, None)
+  relevant["data"] = dataset.identity_data(relevant["data"])  # noise fields a config leaves unused
   for field in models.get(config.model.name).speed_only_fields:
     relevant["model"].pop(field, None)
   relevant["seed"] = config.seed
