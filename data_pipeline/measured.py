@@ -8,10 +8,16 @@ Accepted inputs (`data.measured_dir`):
     (`{"channels": ["L_tmic", "R_tmic"]}`) in the folder. Optional `anechoic_az<deg>.wav` files
     (same channels) are the direct-path responses for that azimuth in every room. An optional
     `"distance_m"` number in `channels.json` gives the talker distance;
-  * a `.sofa` file (one room) or a folder of them (read with h5py: `Data.IR` [measurements,
-    receivers, samples], `SourcePosition` spherical (deg, deg, m) or cartesian, `Data.SamplingRate`);
-    receivers as above, a subset named by a `<file>.json` sidecar. Per azimuth the measurement
-    closest to elevation 0 is used.
+  * a `.sofa` file (one room) or a folder of them, read and checked against its convention by
+    `sofar` (the `sofa` extra). Impulse-response conventions are accepted (DataType FIR:
+    SimpleFreeFieldHRIR, GeneralFIR, SingleRoomSRIR; FIR-E / FIRE, every emitter a source:
+    SingleRoomMIMOSRIR, GeneralFIR-E, FreeFieldHRIR, MultiSpeakerBRIR). Each response is delayed
+    by its `Data.Delay`, resampled from its own `Data.SamplingRate` (per file or per
+    measurement), and placed at the source's direction in the listener's head frame
+    (`ListenerPosition`, `ListenerView`, `ListenerUp` per measurement; emitters at
+    `EmitterPosition` in the source's frame). Receivers are the 6 array channels in
+    CHANNEL_NAMES order, or a subset named by a `<file>.json` sidecar as above. Per azimuth
+    the measurement closest to elevation 0 is used.
 
 Responses are resampled to the configured rate (scipy.signal.resample_poly) and padded/truncated
 to `data.rir_length_seconds`. Without anechoic responses the direct path is the response within
@@ -29,7 +35,6 @@ import json
 import pathlib
 import re
 
-import h5py
 import numpy as np
 import soundfile
 from scipy import signal
@@ -101,39 +106,109 @@ def _read_wav(path: pathlib.Path, names, sample_rate: int, length: int) -> np.nd
   return fit_length(to_array_channels(responses, names, str(path)), length)
 
 
+SOFA_DATA_TYPES = ("FIR", "FIR-E", "FIRE")
+SOFA_CONVENTIONS = ("SimpleFreeFieldHRIR", "GeneralFIR", "SingleRoomSRIR", "SingleRoomMIMOSRIR",
+                    "GeneralFIR-E", "FreeFieldHRIR", "MultiSpeakerBRIR", "GeneralFIRE")
+
+
+def _cartesian(values: np.ndarray, kind: str, what: str) -> np.ndarray:
+  """[..., 3] SOFA coordinates of `kind` ('cartesian' metres, or 'spherical' degrees, degrees,
+  metres) -> cartesian."""
+  kind = str(kind).lower()
+  if kind.startswith("cart"):
+    return values
+  if kind != "spherical":
+    raise ValueError(f"{what}: coordinate type {kind!r} is not supported; store it as "
+                     "cartesian or spherical")
+  azimuth, elevation, radius = np.deg2rad(values[..., 0]), np.deg2rad(values[..., 1]), values[..., 2]
+  return np.stack([radius * np.cos(elevation) * np.cos(azimuth),
+                   radius * np.cos(elevation) * np.sin(azimuth), radius * np.sin(elevation)], -1)
+
+
+def _frames(view: np.ndarray, up: np.ndarray) -> np.ndarray:
+  """[M, 3, 3] rotations whose rows are the local x (view), y (left) and z (up) axes."""
+  x = view / np.linalg.norm(view, axis=-1, keepdims=True)
+  z = up - np.sum(up * x, axis=-1, keepdims=True) * x
+  z = z / np.linalg.norm(z, axis=-1, keepdims=True)
+  return np.stack([x, np.cross(z, x), z], axis=-2)
+
+
+def _per_measurement(sofa, name: str, count: int, default) -> np.ndarray:
+  """A [I or M, 3] SOFA variable (cartesian) broadcast to [M, 3]."""
+  if not hasattr(sofa, name):
+    return np.broadcast_to(np.asarray(default, np.float64), (count, 3))
+  values = np.asarray(getattr(sofa, name), np.float64).reshape(-1, 3)
+  values = _cartesian(values, getattr(sofa, f"{name}_Type", "cartesian"), name)
+  return np.broadcast_to(values, (count, 3))
+
+
 def _read_sofa(path: pathlib.Path, sample_rate: int, length: int):
-  """-> {azimuth: [length, 6]} for the measurements nearest elevation 0, and the channel names."""
+  """-> {azimuth: ([length, 6], distance)} for the responses nearest elevation 0 in the
+  listener's head frame, and the channel names."""
+  from spatialsep_jax import extras
+  sofar = extras.require("sofar", "sofa", "reading SOFA files")
   names, _ = _read_sidecar(path.with_suffix(".json"))
-  with h5py.File(path, "r") as sofa:
-    for key in ("Data.IR", "SourcePosition", "Data.SamplingRate"):
-      if key not in sofa:
-        raise ValueError(f"{path}: no {key} in the SOFA file; export a SimpleFreeFieldHRIR or "
-                         "SingleRoomDRIR convention file")
-    impulse = np.asarray(sofa["Data.IR"], np.float32)                              # [Me, R, N]
-    if not np.all(np.isfinite(impulse)):
-      raise ValueError(f"{path}: Data.IR holds NaN/inf samples; remove or repair the file")
-    positions = np.asarray(sofa["SourcePosition"], np.float64).reshape(-1, 3)
-    position_type = sofa["SourcePosition"].attrs.get("Type", b"spherical")
-    file_rate = float(np.asarray(sofa["Data.SamplingRate"]).ravel()[0])
-  if isinstance(position_type, bytes):
-    position_type = position_type.decode()
-  positions = np.broadcast_to(positions, (impulse.shape[0], 3))
-  if str(position_type).lower().startswith("cart"):
-    azimuths = np.rad2deg(np.arctan2(positions[:, 1], positions[:, 0]))
-    elevations = np.rad2deg(np.arctan2(positions[:, 2], np.hypot(positions[:, 0], positions[:, 1])))
-    distances = np.linalg.norm(positions, axis=1)
-  else:
-    azimuths, elevations, distances = positions.T
+  try:
+    sofa = sofar.read_sofa(str(path), verify=True, verbose=False)
+  except (ValueError, KeyError, OSError, TypeError) as error:
+    detail = " ".join(str(error).split())[:240]
+    raise ValueError(f"{path}: not a valid SOFA file ({detail}); export it with a SOFA "
+                     "writer (e.g. sofar) in one of its conventions") from None
+  convention = str(sofa.GLOBAL_SOFAConventions)
+  data_type = str(sofa.GLOBAL_DataType)
+  if data_type not in SOFA_DATA_TYPES or convention == "SimpleHeadphoneIR":
+    raise ValueError(f"{path}: SOFA convention {convention} (DataType {data_type}) holds no "
+                     f"impulse responses by source position; export one of "
+                     f"{', '.join(SOFA_CONVENTIONS)}")
+  impulse = np.asarray(sofa.Data_IR, np.float64)
+  if data_type == "FIR":                                   # [M, R, N] -> [M, R, 1, N]
+    impulse = impulse.reshape(impulse.shape[0], -1, 1, impulse.shape[-1])
+  elif data_type == "FIR-E":                               # [M, R, N, E] -> [M, R, E, N]
+    impulse = np.moveaxis(impulse, -1, 2)
+  measurements, receivers, emitters, _ = impulse.shape
+  if not np.all(np.isfinite(impulse)):
+    raise ValueError(f"{path}: Data.IR holds NaN/inf samples; remove or repair the file")
+  rates = np.broadcast_to(np.asarray(sofa.Data_SamplingRate, np.float64).reshape(-1),
+                          (measurements,))
+  delay = np.asarray(getattr(sofa, "Data_Delay", 0.0), np.float64)   # [I or M, R(, E)] samples
+  delays = np.broadcast_to(delay[:, :, None] if delay.ndim == 2 else delay,
+                           (measurements, receivers, emitters))
+  if np.any(np.abs(delays - np.round(delays)) > 1e-6) or np.any(delays < 0):
+    raise ValueError(f"{path}: Data.Delay holds fractional or negative sample delays; store "
+                     "them as whole samples (or inside Data.IR)")
+  listener = _per_measurement(sofa, "ListenerPosition", measurements, (0, 0, 0))
+  head = _frames(_per_measurement(sofa, "ListenerView", measurements, (1, 0, 0)),
+                 _per_measurement(sofa, "ListenerUp", measurements, (0, 0, 1)))
+  source = _per_measurement(sofa, "SourcePosition", measurements, (1, 0, 0))
+  source_frame = _frames(_per_measurement(sofa, "SourceView", measurements, (1, 0, 0)),
+                         _per_measurement(sofa, "SourceUp", measurements, (0, 0, 1)))
+  emitter_local = np.zeros((emitters, measurements, 3))  # FIR: responses of the source itself
+  if data_type != "FIR":
+    offsets = np.asarray(sofa.EmitterPosition, np.float64).reshape(emitters, 3, -1)  # [E, C, I|M]
+    offsets = _cartesian(np.moveaxis(offsets, 1, -1), sofa.EmitterPosition_Type, "EmitterPosition")
+    emitter_local = np.broadcast_to(offsets, (emitters, measurements, 3))
+  # Emitter e of measurement m: its offset in the source's frame, then the vector from the
+  # listener in the listener's head frame.
+  emitter_global = source[None] + np.einsum("mij,emi->emj", source_frame, emitter_local)
+  local = np.einsum("mij,emj->emi", head, emitter_global - listener[None])       # [E, M, 3]
+  azimuths = np.rad2deg(np.arctan2(local[..., 1], local[..., 0]))
+  elevations = np.rad2deg(np.arctan2(local[..., 2], np.hypot(local[..., 0], local[..., 1])))
+  distances = np.linalg.norm(local, axis=-1)
   best = {}
-  for index, (azimuth, elevation) in enumerate(zip(azimuths, elevations)):
-    azimuth = round(_wrap_azimuth(azimuth), 3)
-    if azimuth not in best or abs(elevation) < abs(elevations[best[azimuth]]):
-      best[azimuth] = index
+  for e in range(emitters):
+    for m in range(measurements):
+      azimuth = round(_wrap_azimuth(azimuths[e, m]), 3)
+      if azimuth not in best or abs(elevations[e, m]) < abs(elevations[best[azimuth]]):
+        best[azimuth] = (e, m)
   responses = {}
-  for azimuth, index in best.items():
-    measurement = resample(impulse[index].T, file_rate, sample_rate, str(path))
+  for azimuth, (e, m) in best.items():
+    shift = np.round(delays[m, :, e]).astype(int)
+    delayed = np.zeros((receivers, impulse.shape[-1] + int(shift.max())), np.float32)
+    for r in range(receivers):
+      delayed[r, shift[r]:shift[r] + impulse.shape[-1]] = impulse[m, r, e]
+    measurement = resample(delayed.T, rates[m], sample_rate, str(path))
     responses[azimuth] = (fit_length(to_array_channels(measurement, names, str(path)), length),
-                          float(distances[index]))
+                          float(distances[e, m]))
   return responses, names
 
 

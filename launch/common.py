@@ -216,8 +216,10 @@ def _guarded(main):
 def expected_error_message(error: BaseException) -> str | None:
   """One line naming the problem and the fix for errors that mean bad input or a bad
   environment (config, data, paths, a full disk, a locked workdir); None for the others."""
-  from spatialsep_jax import io_safety
+  from spatialsep_jax import extras, io_safety
   text = " ".join(str(error).split())
+  if isinstance(error, extras.MissingExtraError):
+    return text
   if io_safety.is_disk_full(error):
     return text if isinstance(error, io_safety.DiskFullError) else io_safety.disk_full_message(error)
   if isinstance(error, io_safety.WorkdirLocked):

@@ -3,7 +3,6 @@
 import json
 import os
 
-import h5py
 import numpy as np
 import pytest
 import soundfile
@@ -187,11 +186,11 @@ def test_sofa_round_trip(tmp_path):
   impulses = rng.standard_normal((4, 6, 96)).astype(np.float32)
   positions = np.array([[0, 0, 1.5], [90, 0, 1.5], [90, 30, 1.5], [-45, 0, 1.5]], float)
   path = tmp_path / "studio.sofa"
-  with h5py.File(path, "w") as sofa:
-    sofa["Data.IR"] = impulses
-    sofa["SourcePosition"] = positions
-    sofa["SourcePosition"].attrs["Type"] = "spherical"
-    sofa["Data.SamplingRate"] = np.array([16000.0])
+  import sofar
+  sofa = sofar.Sofa("GeneralFIR", mandatory=True)  # any receiver count, spherical positions
+  sofa.Data_IR, sofa.SourcePosition, sofa.Data_SamplingRate = impulses, positions, 16000.0
+  sofa.Data_Delay = np.zeros((1, 6))
+  sofar.write_sofa(str(path), sofa)
   bank = measured.load_measured_bank(path, 8000, 0.01)
   np.testing.assert_array_equal(bank.azimuths_deg, [-45, 0, 90])
   expected = signal.resample_poly(impulses[1].T, 1, 2, axis=0)[:80]
