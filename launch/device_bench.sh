@@ -4,6 +4,8 @@
 #   mono      JAX step, one-channel model (the PyTorch peer's configuration), + real loader;
 #             bytes moved per global layer norm implementation (XLA's cost model)
 #   torch     the PyTorch peer (launch/torch_peer.py), eager and torch.compile, bf16 and fp32
+#   ipd       configs/ipd.py:gpu (step + real loader) and its PyTorch counterpart, the study's
+#             2 ch + IPD model, in the same call (IPD_TORCH_RUNS: ';'-separated argument sets)
 #   variants  ild_ipd step per speed variant (MODEL_SETS, ';'-separated), + real loader, profiles
 #   latency   forward latency of every configuration, batch 1
 #   accuracy  mono trained ACC_STEPS steps in float32 and bfloat16 side by side (val SI-SDRi)
@@ -56,6 +58,11 @@ if has torch; then
   # TORCH_RUNS: ';'-separated argument sets, one torch_peer.py process each
   IFS=';' read -ra RUNS <<< "${TORCH_RUNS:---dtype=both --modes=eager,compile}"
   for r in "${RUNS[@]}"; do stamp "torch $r"; run_stage 420 python3 launch/torch_peer.py $r --workdir=$W; done
+fi
+if has ipd; then
+  stamp ipd; run_stage 240 python3 $STEP --config=configs/ipd.py:gpu $DATA --step_configs=ipd
+  IFS=';' read -ra RUNS <<< "${IPD_TORCH_RUNS:---input_channels=2 --features=ipd --dtype=bf16 --modes=eager,compile;--input_channels=2 --features=ipd --ipd_source=input --dtype=bf16 --modes=eager}"
+  for r in "${RUNS[@]}"; do stamp "torch $r"; run_stage 300 python3 launch/torch_peer.py $r --workdir=$W; done
 fi
 if has variants; then
   IFS=';' read -ra SETS <<< "$MODEL_SETS"

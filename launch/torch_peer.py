@@ -78,14 +78,36 @@ class UConvBlock(nn.Module):
     return self.out_act(self.out_norm(out + x))
 
 
+def ipd_map(mixture: torch.Tensor, n_fft: int, hop: int, num_frames: int) -> torch.Tensor:
+  """The study's IPD feature: wrapped phase difference of channels 0 and 1 per STFT bin, one
+  frame per encoder frame (hop = encoder stride, frames centred as the encoder's).
+  `[B, 2, T]` -> `[B, n_fft // 2 + 1, num_frames]` in radians, float32 (the STFT runs in
+  float32 under autocast, as `spatialsep_jax.features` does)."""
+  window = torch.hann_window(n_fft, device=mixture.device)
+  spectra = torch.stft(mixture[:, :2].float().reshape(-1, mixture.shape[-1]), n_fft, hop,
+                       window=window, center=True, pad_mode="constant", return_complex=True)
+  spectra = spectra.reshape(mixture.shape[0], 2, *spectra.shape[-2:])[..., :num_frames]
+  return torch.angle(spectra[:, 0] * spectra[:, 1].conj())
+
+
 class TorchSuDORMRF(nn.Module):
   """`mixture [B, C_in, T]` -> `[B, num_sources, T]` float32; see the Flax module's docstring
-  for the layer list (no spatial features here: C of the blocks is E)."""
+  for the layer list. With `ipd_bins` > 0 (the study's 2 ch + IPD model) the IPD map of
+  channels 0 and 1 (`ipd_bins` = n_fft / 2 + 1 bins per encoder frame) is concatenated to the
+  encoder output before the input norm and the blocks are E + ipd_bins wide; it is computed
+  inside the step from the mixture, or taken as `forward(mixture, features)` when given
+  (as the authors' code, which loads it with the data)."""
 
   def __init__(self, num_sources: int = 2, num_input_channels: int = 1, enc_basis: int = 512,
                enc_kernel: int = 21, enc_stride: int = 10, bottleneck: int = 128,
-               num_blocks: int = 16, upsampling_depth: int = 4, dw_kernel: int = 5):
+               num_blocks: int = 16, upsampling_depth: int = 4, dw_kernel: int = 5,
+               ipd_bins: int = 0):
     super().__init__()
+    if ipd_bins and num_input_channels < 2:
+      raise ValueError("the IPD map needs two input channels (--input_channels=2)")
+    self.ipd_bins = ipd_bins
+    self.enc_stride = enc_stride
+    block_channels = enc_basis + ipd_bins
     if enc_basis % num_input_channels:
       raise ValueError(f"enc_basis {enc_basis} must be a multiple of the {num_input_channels} "
                        "input channels (the encoder is grouped per channel)")
@@ -95,10 +117,10 @@ class TorchSuDORMRF(nn.Module):
     padding = enc_kernel // 2
     self.encoder = nn.Conv1d(num_input_channels, enc_basis, enc_kernel, stride=enc_stride,
                              padding=padding, groups=num_input_channels)
-    self.input_norm = global_layer_norm(enc_basis)
-    self.to_bottleneck = nn.Conv1d(enc_basis, bottleneck, 1)
+    self.input_norm = global_layer_norm(block_channels)
+    self.to_bottleneck = nn.Conv1d(block_channels, bottleneck, 1)
     self.blocks = nn.Sequential(*[
-        UConvBlock(bottleneck, enc_basis, upsampling_depth, dw_kernel)
+        UConvBlock(bottleneck, block_channels, upsampling_depth, dw_kernel)
         for _ in range(num_blocks)])
     self.to_basis = nn.Conv1d(bottleneck, enc_basis, 1) if bottleneck != enc_basis else None
     self.mask = nn.Conv2d(1, num_sources, (enc_basis + 1, 1),
@@ -107,12 +129,28 @@ class TorchSuDORMRF(nn.Module):
                                       stride=enc_stride, padding=padding,
                                       output_padding=enc_stride - 1, groups=num_sources)
 
-  def forward(self, mixture: torch.Tensor) -> torch.Tensor:
-    batch, _, num_samples = mixture.shape
+  def _padded(self, mixture: torch.Tensor) -> torch.Tensor:
+    num_samples = mixture.shape[-1]
     padded_length = -(-num_samples // self.length_multiple) * self.length_multiple
-    mixture = F.pad(mixture, (0, padded_length - num_samples))
-    encoded = F.relu(self.encoder(mixture))
-    x = self.blocks(self.to_bottleneck(self.input_norm(encoded)))
+    return F.pad(mixture, (0, padded_length - num_samples))
+
+  def features_of(self, mixture: torch.Tensor) -> torch.Tensor:
+    """The IPD map `[B, ipd_bins, frames]` that `forward` computes when none is given."""
+    padded = self._padded(mixture)
+    conv = self.encoder
+    num_frames = ((padded.shape[-1] + 2 * conv.padding[0] - conv.kernel_size[0])
+                  // conv.stride[0] + 1)
+    return ipd_map(padded, 2 * (self.ipd_bins - 1), self.enc_stride, num_frames)
+
+  def forward(self, mixture: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+    batch, _, num_samples = mixture.shape
+    encoded = F.relu(self.encoder(self._padded(mixture)))
+    joint = encoded
+    if self.ipd_bins:
+      if features is None:
+        features = self.features_of(mixture)
+      joint = torch.cat([encoded, features.to(encoded.dtype)], dim=1)
+    x = self.blocks(self.to_bottleneck(self.input_norm(joint)))
     if self.to_basis is not None:
       x = self.to_basis(x)
     masks = torch.softmax(self.mask(x.unsqueeze(1)).float(), dim=1).to(encoded.dtype)
@@ -137,8 +175,10 @@ def build_model(args) -> tuple[nn.Module, str]:
   elif args.implementation == "asteroid":
     raise SystemExit("Asteroid's SuDORMRFNet takes one input channel; use "
                      "--input_channels=1 or --implementation=port")
+  ipd_bins = args.n_fft // 2 + 1 if args.features == "ipd" else 0
+  name = PORT_NAME + (f" + IPD ({args.ipd_source})" if ipd_bins else "")
   return TorchSuDORMRF(2, args.input_channels, args.enc_basis, bottleneck=args.bottleneck,
-                       num_blocks=args.num_blocks), PORT_NAME
+                       num_blocks=args.num_blocks, ipd_bins=ipd_bins), name
 
 
 def pit_neg_sisdr(estimates: torch.Tensor, references: torch.Tensor, clamp_db: float = 30.0,
@@ -189,19 +229,26 @@ def time_mode(args, mode: str, dtype_flag: str, device: torch.device) -> dict:
          "dtype": DTYPE_NAMES[dtype_flag], "batch_size": args.batch_size,
          "input_channels": args.input_channels, "samples": args.samples,
          "sample_rate": args.sample_rate, "num_blocks": args.num_blocks,
-         "enc_basis": args.enc_basis, "params": num_params}
+         "enc_basis": args.enc_basis, "params": num_params, "features": args.features,
+         "ipd_source": args.ipd_source if args.features == "ipd" else ""}
   optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=device.type == "cuda")
   generator = torch.Generator().manual_seed(0)
   sources = torch.randn(args.batch_size, 2, args.samples, generator=generator).to(device)
   # The mixture is the sum of the sources so that the loss starts inside the clamp and
   # gradients are non-zero.
   mixture = sources.sum(1, keepdim=True).repeat(1, args.input_channels, 1)
+  if args.input_channels > 1:  # a small interaural delay, so the IPD map is not all zeros
+    mixture[:, 1] = torch.roll(mixture[:, 1], 3, dims=-1)
+  features = None
+  if args.features == "ipd" and args.ipd_source == "input":
+    with torch.no_grad():
+      features = model.features_of(mixture)
   autocast = torch.autocast(device.type, dtype=DTYPES[dtype_flag],
                             enabled=dtype_flag != "fp32")
 
   def forward_loss(mixture, sources):
     with autocast:
-      estimates = model(mixture)
+      estimates = model(mixture, features)
     return pit_neg_sisdr(estimates, sources)
 
   loss_fn = torch.compile(forward_loss) if mode == "compile" else forward_loss
@@ -254,6 +301,12 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument("--implementation", choices=["auto", "asteroid", "port"], default="auto",
                       help="auto: Asteroid where it imports (mono only), else the port")
   parser.add_argument("--input_channels", type=int, default=1, choices=[1, 2])
+  parser.add_argument("--features", choices=["none", "ipd"], default="none",
+                      help="ipd: the study's 2 ch + IPD model (257-bin map concatenated)")
+  parser.add_argument("--ipd_source", choices=["step", "input"], default="step",
+                      help="step: the IPD map is computed inside the timed step (as the JAX "
+                           "step does); input: precomputed once and given (the authors' code)")
+  parser.add_argument("--n_fft", type=int, default=512)
   parser.add_argument("--batch_size", type=int, default=16)
   parser.add_argument("--seconds", type=float, default=4.0)
   parser.add_argument("--sample_rate", type=int, default=8000)
