@@ -439,7 +439,8 @@ def _plain_arrays(batches: Iterator[dict]) -> Iterator[dict]:
 
 
 def _tfdata_batches(assembler: BatchAssembler, start_batch: int, stop_batch: int | None):
-  import tensorflow as tf
+  from spatialsep_jax import extras
+  tf = extras.require("tensorflow", "tf", "data.loader='tfdata'")
   signature = assembler.output_signature()
   keys = list(signature)
 

@@ -57,6 +57,9 @@ def summary_text(config, directory: str, plot: bool = True) -> str:
 
 
 def _plot(stats: dict, path: str) -> None:
+  from spatialsep_jax import extras
+  if not extras.available("matplotlib", "plots", f"the plot {path}"):
+    return
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt

@@ -371,6 +371,9 @@ def summary_markdown(summary: dict) -> str:
 
 
 def plot_breakdowns(summary: dict, path: str, metric: str = "sisdr_improvement") -> None:
+  from spatialsep_jax import extras
+  if not extras.available("matplotlib", "plots", f"the plot {path}"):
+    return
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt

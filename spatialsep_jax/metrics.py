@@ -239,10 +239,10 @@ def pesq(est, ref, rate, mode=None):
     ref = scipy.signal.resample_poly(ref, target_rate // divisor, int(rate) // divisor)
   if not (np.all(np.isfinite(est)) and np.all(np.isfinite(ref))):
     return math.nan
-  try:
-    import pesq as pesq_lib  # imported here so hosts without the C extension can use the rest
-  except ImportError:
+  from spatialsep_jax import extras
+  if not extras.available("pesq", "pesq", "PESQ (recorded as missing)"):
     return math.nan  # recorded as missing, like any other PESQ failure
+  import pesq as pesq_lib  # imported here so hosts without the C extension can use the rest
   try:
     with np.errstate(all="ignore"):  # pesq divides by the peak, nan for silence
       return float(pesq_lib.pesq(target_rate, ref, est, mode))

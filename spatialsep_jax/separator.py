@@ -34,7 +34,15 @@ from spatialsep_jax import inference, io_safety
 
 LOG = logging.getLogger("spatialsep_jax.separator")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PRETRAINED_DIR = os.path.join(ROOT, "pretrained")
+# The repository's pretrained/ (a clone, an editable install), else the copy a wheel installs
+# inside the package; configs/ wherever `spatialsep_jax.configs` is installed from.
+PRETRAINED_DIR = next((d for d in (os.path.join(ROOT, "pretrained"),
+                                   os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                "pretrained")) if os.path.isdir(d)),
+                      os.path.join(ROOT, "pretrained"))
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+if not os.path.isdir(CONFIGS_DIR):  # an editable install maps the package to the top folder
+  CONFIGS_DIR = os.path.join(ROOT, "configs")
 _FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")
 _PCM_SUBTYPES = ("PCM_16", "PCM_24", "PCM_32")
 
@@ -59,8 +67,8 @@ def _is_variables(tree) -> bool:
 def load_config_file(config_file: str, config_arg: str = ""):
   """`get_config(config_arg)` of `configs/<file>.py` (a path relative to the repository)."""
   stem = os.path.splitext(os.path.basename(config_file))[0]
-  if not os.path.exists(os.path.join(ROOT, "configs", f"{stem}.py")):
-    raise FileNotFoundError(f"config file {config_file} is not in {ROOT}/configs; the model "
+  if not os.path.exists(os.path.join(CONFIGS_DIR, f"{stem}.py")):
+    raise FileNotFoundError(f"config file {config_file} is not in {CONFIGS_DIR}; the model "
                             "was exported from another version of the toolkit")
   try:
     return importlib.import_module(f"spatialsep_jax.configs.{stem}").get_config(config_arg)
@@ -107,7 +115,7 @@ def _config_from_record(record: dict, where: str):
   else:  # a workdir's config.json (name + full config): start from the base and lay all on
     from spatialsep_jax.configs import base
     name = record.get("name") or record["config"].get("name", "")
-    path = os.path.join(ROOT, "configs", f"{name}.py")
+    path = os.path.join(CONFIGS_DIR, f"{name}.py")
     config = (load_config_file(path, "") if name and os.path.exists(path)
               else base.get_base_config(""))
   return overlay(config, record["config"])

@@ -199,6 +199,9 @@ def _paired_section(runs: dict) -> list[str]:
 
 
 def _plots(runs: dict, out_dir: str) -> list[tuple[str, str]]:
+  from spatialsep_jax import extras
+  if not extras.available("matplotlib", "plots", "the study report's plots"):
+    return []
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -253,6 +256,9 @@ def _plots(runs: dict, out_dir: str) -> list[tuple[str, str]]:
 
 def _spectrograms(runs: dict, out_dir: str) -> str | None:
   """Mixture, reference and estimate spectrograms of one saved test example per run."""
+  from spatialsep_jax import extras
+  if not extras.available("matplotlib", "plots", "the study report's spectrograms"):
+    return None
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
