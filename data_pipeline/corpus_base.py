@@ -6,6 +6,7 @@ build on it, so neither imports the other's module to get these.
 import abc
 import collections
 import dataclasses
+import fractions
 import math
 
 import numpy as np
@@ -89,14 +90,28 @@ class Corpus(abc.ABC):
     return sorted({u.speaker_id for u in self.utterances(split)})
 
 
-def resample(waveform: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
-  """Polyphase resampling of `[T]` audio from `from_rate` to `to_rate` Hz -> float32 `[T']`."""
+MAX_RESAMPLE_FACTOR = 1000  # largest up/down factor of a rate change (44.1 -> 8 kHz: 80/441)
+
+
+def resample(audio: np.ndarray, from_rate: float, to_rate: float, *, what: str = "the audio",
+             dtype=np.float32) -> np.ndarray:
+  """`[T]` or `[T, C]` audio from `from_rate` to `to_rate` Hz along its first axis
+  (scipy.signal.resample_poly, computed in float64) -> `dtype`; the project's one resampling
+  helper (corpora, measured responses, separation inputs, metrics). Rates may be floats (SOFA
+  files store them so) when their ratio is a fraction of small terms; `what` names the audio
+  in the one-line errors."""
+  if not (from_rate > 0 and to_rate > 0):
+    raise ValueError(f"cannot resample {what} from {from_rate} Hz to {to_rate} Hz; rates must "
+                     "be positive")
   if from_rate == to_rate:
-    return np.asarray(waveform, np.float32)
-  divisor = math.gcd(int(from_rate), int(to_rate))
-  resampled = scipy.signal.resample_poly(
-      np.asarray(waveform, np.float64), int(to_rate) // divisor, int(from_rate) // divisor)
-  return resampled.astype(np.float32)
+    return np.asarray(audio, dtype)
+  ratio = fractions.Fraction(str(float(to_rate))) / fractions.Fraction(str(float(from_rate)))
+  if ratio.numerator > MAX_RESAMPLE_FACTOR or ratio.denominator > MAX_RESAMPLE_FACTOR:
+    raise ValueError(f"{what}: sample rate {from_rate} Hz cannot be resampled to {to_rate} Hz "
+                     f"by a small rational factor; resample the file to {to_rate:g} Hz first")
+  resampled = scipy.signal.resample_poly(np.asarray(audio, np.float64), ratio.numerator,
+                                         ratio.denominator, axis=0)
+  return resampled.astype(dtype)
 
 
 def estimate_f0(waveform: np.ndarray, sample_rate: int, f0_min: float = F0_MIN_HZ,

@@ -19,7 +19,7 @@ Accepted inputs (`data.measured_dir`):
     CHANNEL_NAMES order, or a subset named by a `<file>.json` sidecar as above. Per azimuth
     the measurement closest to elevation 0 is used.
 
-Responses are resampled to the configured rate (scipy.signal.resample_poly) and padded/truncated
+Responses are resampled to the configured rate (`corpus_base.resample`) and padded/truncated
 to `data.rir_length_seconds`. Without anechoic responses the direct path is the response within
 +-2.5 ms of its main peak (the window also used for the direct-to-reverberant ratio).
 
@@ -30,33 +30,19 @@ SOFA file) cannot be split that way: rendering stops with a one-line error unles
 test scores are then on responses seen in training).
 """
 
-import fractions
 import json
 import pathlib
 import re
 
 import numpy as np
 import soundfile
-from scipy import signal
 
+from data_pipeline import corpus_base
 from data_pipeline.array import CHANNEL_NAMES, channel_indices
 from data_pipeline.rooms import RirBank, direct_to_reverberant_db, measured_rt60
 
 BRIR_PATTERN = re.compile(r"^(?P<room>.+)_az(?P<azimuth>[-+]?\d+(?:\.\d+)?)\.wav$", re.IGNORECASE)
 DIRECT_WINDOW_S = 0.0025
-MAX_RESAMPLE_FACTOR = 1000
-
-
-def resample(responses: np.ndarray, source_rate: float, target_rate: int, what: str) -> np.ndarray:
-  """Resamples [N, C] responses along axis 0 by a rational factor."""
-  if source_rate == target_rate:
-    return responses
-  ratio = fractions.Fraction(str(float(source_rate))) / target_rate
-  ratio = 1 / ratio
-  if ratio.numerator > MAX_RESAMPLE_FACTOR or ratio.denominator > MAX_RESAMPLE_FACTOR:
-    raise ValueError(f"{what}: sample rate {source_rate} Hz cannot be resampled to {target_rate} Hz "
-                     f"by a small rational factor; resample the file to {target_rate} Hz first")
-  return signal.resample_poly(responses, ratio.numerator, ratio.denominator, axis=0)
 
 
 def fit_length(responses: np.ndarray, length: int) -> np.ndarray:
@@ -102,7 +88,7 @@ def _read_wav(path: pathlib.Path, names, sample_rate: int, length: int) -> np.nd
   responses, file_rate = soundfile.read(str(path), dtype="float32", always_2d=True)
   if not np.all(np.isfinite(responses)):
     raise ValueError(f"{path}: response with NaN/inf samples; remove or repair it")
-  responses = resample(responses, file_rate, sample_rate, str(path))
+  responses = corpus_base.resample(responses, file_rate, sample_rate, what=str(path))
   return fit_length(to_array_channels(responses, names, str(path)), length)
 
 
@@ -206,7 +192,7 @@ def _read_sofa(path: pathlib.Path, sample_rate: int, length: int):
     delayed = np.zeros((receivers, impulse.shape[-1] + int(shift.max())), np.float32)
     for r in range(receivers):
       delayed[r, shift[r]:shift[r] + impulse.shape[-1]] = impulse[m, r, e]
-    measurement = resample(delayed.T, rates[m], sample_rate, str(path))
+    measurement = corpus_base.resample(delayed.T, rates[m], sample_rate, what=str(path))
     responses[azimuth] = (fit_length(to_array_channels(measurement, names, str(path)), length),
                           float(distances[e, m]))
   return responses, names

@@ -3,10 +3,9 @@ stream across chunks, and outputs at the input's level.
 
 A separator trained on fixed-length segments is run on overlapping chunks (half a segment
 apart). The outputs of a PIT-trained model come in an arbitrary order per chunk, so each
-chunk's outputs are assigned to the streams by an optimal assignment
-(`scipy.optimize.linear_sum_assignment`) of their correlation with the previous chunk over
-the overlap -- summed correlation is the PIT objective of a squared-error loss, so this is PIT
-against the previous chunk. Where the overlap cannot decide (both talkers quiet there, or the
+chunk's outputs are assigned to the streams by the project's PIT (`losses.pit`) over their
+correlation with the previous chunk on the overlap -- summed correlation is the PIT objective of
+a squared-error loss, so this is PIT against the previous chunk. Where the overlap cannot decide (both talkers quiet there, or the
 assignment's margin is small), the chunk is assigned by the similarity of its outputs' long-term
 log spectra to each stream's spectrum so far. Chunks are cross-faded with a periodic Hann
 window whose overlapped halves sum to one.
@@ -20,9 +19,11 @@ import logging
 import math
 import os
 
+import jax.numpy as jnp
 import numpy as np
-import scipy.optimize
 import scipy.signal
+
+from spatialsep_jax import losses
 
 LOG = logging.getLogger("spatialsep_jax.inference")
 
@@ -33,14 +34,10 @@ _QUIET_OVERLAP = 1e-4       # overlap energy (relative to the mean chunk energy)
 
 
 def resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
-  """[T, C] (or [T]) audio from `from_rate` to `to_rate` (polyphase, scipy); the project's one
-  resampling helper."""
-  if from_rate <= 0 or to_rate <= 0:
-    raise ValueError(f"cannot resample from {from_rate} Hz to {to_rate} Hz; rates must be positive")
-  if from_rate == to_rate:
-    return np.asarray(audio, np.float32)
-  g = math.gcd(int(from_rate), int(to_rate))
-  return scipy.signal.resample_poly(audio, to_rate // g, from_rate // g, axis=0).astype(np.float32)
+  """[T, C] (or [T]) audio from `from_rate` to `to_rate` -> float32: the project's one
+  resampling helper, `data_pipeline.corpus_base.resample`."""
+  from data_pipeline import corpus_base
+  return corpus_base.resample(audio, from_rate, to_rate)
 
 
 # ------------------------------------------------------------------------------ input checks
@@ -139,33 +136,35 @@ def chunk_order(previous: np.ndarray, current: np.ndarray, hop: int,
                 history: np.ndarray | None = None, typical_energy: float | None = None) -> list:
   """Order of `current`'s outputs [N, segment] that continues the streams of the chunk
   before, `previous` [N, segment], which it overlaps by `hop` samples: PIT over summed
-  correlations on the overlap (linear_sum_assignment); when the overlap does not decide
+  correlations on the overlap (`losses.pit`); when the overlap does not decide
   (quiet, or a small margin), the whole chunk's spectra against the streams' long-term
   spectra `history` [N, F] decide."""
   full = current
   previous, current = previous[:, -hop:], current[:, :hop]
-  score = previous @ current.T                                 # [N, N] correlations
-  rows, cols = scipy.optimize.linear_sum_assignment(score, maximize=True)
-  order = list(cols[np.argsort(rows)])
+  score = previous @ current.T                  # [N, N] correlation of stream i with output j
+  order = _pit_order(score)
   if history is None or len(order) < 2:
     return order
   energy = float(np.sum(previous ** 2) + np.sum(current ** 2)) / 2
-  best = score[np.arange(len(order)), order].sum()
-  runner_up = -np.inf
-  for i in range(len(order)):                                  # best order with one swap
-    for j in range(i + 1, len(order)):
-      swapped = list(order)
-      swapped[i], swapped[j] = swapped[j], swapped[i]
-      runner_up = max(runner_up, score[np.arange(len(order)), swapped].sum())
+  table = losses.permutations_table(len(order), len(order))  # [K, N]: every order
+  totals = score[np.arange(len(order)), table].sum(axis=1)
+  chosen = np.all(table == np.asarray(order), axis=1)
+  best, runner_up = totals[chosen].max(), totals[~chosen].max()
   quiet = typical_energy is not None and energy < _QUIET_OVERLAP * typical_energy
   if quiet or (best - runner_up) < _AMBIGUOUS_MARGIN * max(energy, 1e-30):
     # A silent stream (all-zero spectrum) scores 0 against every stream: the others decide.
     spectra = np.stack([_log_spectrum(x) for x in full])
     similarity = _spectral_similarity(history, spectra)
     if np.any(similarity):
-      rows, cols = scipy.optimize.linear_sum_assignment(similarity, maximize=True)
-      order = list(cols[np.argsort(rows)])
+      order = _pit_order(similarity)
   return order
+
+
+def _pit_order(score: np.ndarray) -> list:
+  """The output for each stream that maximises the summed `score` [streams, outputs]: the
+  project's PIT (`losses.pit`) over the loss -score."""
+  _, perm = losses.pit(jnp.asarray(-score.T[None], jnp.float32))
+  return [int(j) for j in np.asarray(perm[0])]
 
 
 def separate_long(separate_chunk, audio: np.ndarray, segment: int, batch_size: int = 4

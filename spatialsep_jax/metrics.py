@@ -234,9 +234,9 @@ def pesq(est, ref, rate, mode=None):
   est = np.asarray(est, np.float64)
   ref = np.asarray(ref, np.float64)
   if target_rate != rate:
-    divisor = math.gcd(int(rate), target_rate)
-    est = scipy.signal.resample_poly(est, target_rate // divisor, int(rate) // divisor)
-    ref = scipy.signal.resample_poly(ref, target_rate // divisor, int(rate) // divisor)
+    from data_pipeline import corpus_base
+    est = corpus_base.resample(est, rate, target_rate, what="PESQ input", dtype=np.float64)
+    ref = corpus_base.resample(ref, rate, target_rate, what="PESQ input", dtype=np.float64)
   if not (np.all(np.isfinite(est)) and np.all(np.isfinite(ref))):
     return math.nan
   from spatialsep_jax import extras
