@@ -4,6 +4,9 @@
   separation   outputs `estimates [B, N, T]` against `sources [B, S, T]`, paired by the
                permutation with the best summed SI-SDR (N >= S; extra outputs such as a
                noise estimate stay unscored); improvements over `mixture_reference [B, T]`.
+  noisy_separation  (NASS) outputs `estimates [B, S + 1, T]` (talkers + a noise estimate)
+               paired with [sources..., noise] by the best summed SI-SDR over all (S + 1)!
+               permutations; the talkers are scored in that order, the noise output is not.
   enhancement  output k against target k, no permutation: `estimates [B, K, T]` against
                `config.eval.targets` `[B, K, T]` (or `[B, T]` for one target), e.g.
                "targets_direct:0", the target talker at each ear for binaural enhancement;
@@ -14,6 +17,7 @@ Validation (in the jitted step) reports mean SI-SDR and SI-SDRi per example; eva
 """
 
 import dataclasses
+import itertools
 from typing import Callable
 
 import jax.numpy as jnp
@@ -29,6 +33,9 @@ class Task:
   batch_keys: Callable          # config -> batch keys the task reads
   references: Callable          # (outputs or batch arrays, config) helpers below
   align: bool                   # whether estimates are permuted to the references
+  # (estimates [B, N, T], batch, config, xp) -> estimates [B, S, T] in reference order, applied
+  # before scoring (noisy_separation: the PIT pairing over talkers + noise); None: as they are
+  preselect: Callable | None = None
 
 
 def _as_stack(x):
@@ -71,9 +78,39 @@ def _enhancement_references(batch, config):
   return select(batch, config.eval.targets), select(batch, config.eval.baseline)
 
 
+def _noisy_separation_keys(config):
+  return ("sources", "noise", "mixture_reference")
+
+
+def _noise_aware_talkers(estimates, batch, config, xp):
+  """NASS evaluation: the permutation of the S + 1 outputs against [s_1, ..., s_S, noise] with
+  the best summed SI-SDR (as in training), then the talkers' estimates in reference order:
+  `[B, S + 1, T]` -> `[B, S, T]`. numpy or jax (`xp`)."""
+  sources = batch["sources"]
+  references = xp.concatenate([sources, batch["noise"][:, None]], axis=1).astype(xp.float32)
+  estimates = estimates.astype(xp.float32)
+  if estimates.shape[1] != references.shape[1]:
+    raise ValueError(f"the noisy_separation task pairs {estimates.shape[1]} outputs with "
+                     f"{references.shape[1]} references (talkers + noise); the model needs "
+                     "model.extra_outputs=1 (a noise output)")
+  num_sources = sources.shape[1]
+  if xp is jnp:
+    _, perm = losses.pit(losses.pairwise_neg_sisdr(estimates, references))
+    return losses.reorder(estimates, perm)[:, :num_sources]
+  scores = sdr.sisdr_db(estimates, references, np, pairwise=True)       # [B, N, M]
+  orders = np.array(list(itertools.permutations(range(estimates.shape[1]))))   # [P, M]
+  totals = scores[:, orders, np.arange(references.shape[1])].sum(-1)           # [B, P]
+  perm = orders[np.argmax(totals, axis=1)]                                      # [B, M]
+  return np.take_along_axis(estimates, perm[:, :, None], axis=1)[:, :num_sources]
+
+
 _TASKS = {
     "separation": Task("separation", _separation_keys, _separation_references, align=True),
     "enhancement": Task("enhancement", _enhancement_keys, _enhancement_references, align=False),
+    # NASS (seed 002): S + 1 outputs (talkers + noise), paired with [s_1, ..., s_S, noise] by
+    # PIT; the talkers are scored in that order, the noise estimate is not.
+    "noisy_separation": Task("noisy_separation", _noisy_separation_keys, _separation_references,
+                             align=False, preselect=_noise_aware_talkers),
 }
 TASK_NAMES = tuple(_TASKS)
 
@@ -109,6 +146,8 @@ class BoundTask:
     references, baseline = self.references(batch, config)
     references = references.astype(jnp.float32)
     estimates = outputs["estimates"].astype(jnp.float32)
+    if self.task.preselect is not None:
+      estimates = self.task.preselect(estimates, batch, config, jnp)
     if self.align:
       _, perm = losses.pit(losses.pairwise_neg_sisdr(estimates, references))
       estimates = losses.reorder(estimates, perm)
@@ -127,4 +166,9 @@ class BoundTask:
     baseline = np.asarray(baseline[index], np.float32)
     if references.ndim == 1:
       references = references[None]
-    return np.asarray(estimates, np.float32), references, baseline
+    estimates = np.asarray(estimates, np.float32)
+    if self.task.preselect is not None:
+      one = {key: np.asarray(batch[key][index:index + 1], np.float32)
+             for key in self.task.batch_keys(config)}
+      estimates = self.task.preselect(estimates[None], one, config, np)[0]
+    return estimates, references, baseline

@@ -71,6 +71,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from spatialsep_jax import contrastive
 from spatialsep_jax import features as feature_lib
 from spatialsep_jax.models import layers
 
@@ -207,6 +208,13 @@ class SuDORMRF(nn.Module):
   remat: str = "none"
   remat_blocks: int = -1
   scan_blocks: bool = False
+  # NASS patch-wise contrastive learning (spatialsep_jax/contrastive.py): with references
+  # (training, validation) the outputs add the decoder inputs, the encodings of the clean
+  # `pcl_clean_key` talkers and `pcl_noise_key` noise, and the training-only sampler head.
+  pcl_head: bool = False
+  pcl_clean_key: str = "sources"
+  pcl_noise_key: str = "noise"
+  pcl_embed_dim: int = 256
 
   @property
   def num_outputs(self) -> int:
@@ -324,7 +332,10 @@ class SuDORMRF(nn.Module):
     return x
 
   @nn.compact
-  def __call__(self, mixture: jax.Array) -> jax.Array:
+  def __call__(self, mixture: jax.Array, train: bool = False, references: dict | None = None):
+    """`[B, T, C_in]` -> estimates `[B, S', T]`, or with `pcl_head` and references the dict
+    of `contrastive.representation_outputs`. `train` changes nothing (no dropout here)."""
+    del train
     if mixture.ndim != 3 or mixture.shape[-1] != self.num_input_channels:
       raise ValueError(f"SuDORMRF expects a [B, T, {self.num_input_channels}] mixture, "
                        f"got shape {mixture.shape}; check data.input_channels")
@@ -333,7 +344,11 @@ class SuDORMRF(nn.Module):
     mixture = jnp.pad(mixture.astype(jnp.float32),
                       ((0, 0), (0, padded_length - num_samples), (0, 0)))
 
-    encoded = self.encode(mixture)
+    clean = None
+    if self.pcl_head and references is not None:
+      clean = contrastive.clean_signals(references, self.pcl_clean_key, self.pcl_noise_key,
+                                        self.num_input_channels, padded_length)
+    encoded, clean_encoded = contrastive.encode_with_clean(self.encode, mixture, clean)
     x = self.fuse_features(encoded, mixture)
     self.sow("intermediates", "input_norm_input", x)  # no-op unless asked for (diagnostics)
     x = layers.GlobalLayerNorm(dtype=self.dtype, impl=self.norm_impl, name="input_norm")(x)
@@ -345,8 +360,13 @@ class SuDORMRF(nn.Module):
       x = layers.Pointwise(self.enc_basis, dtype=self.dtype, name="to_basis")(x)
     logits = MaskConv(self.num_outputs, dtype=self.dtype, name="mask")(x)
     masks = jax.nn.softmax(logits.astype(jnp.float32), axis=2).astype(self.dtype)
+    decoder_inputs = masks * encoded[:, :, None, :]
     estimates = GroupedDecoder(self.enc_kernel, self.enc_stride, self.enc_padding,
-                               dtype=self.dtype, name="decoder")(masks * encoded[:, :, None, :])
+                               dtype=self.dtype, name="decoder")(decoder_inputs)
     estimates = estimates[:, :, :num_samples]
     estimates = jnp.pad(estimates, ((0, 0), (0, 0), (0, num_samples - estimates.shape[-1])))
-    return estimates.astype(jnp.float32)
+    estimates = estimates.astype(jnp.float32)
+    if not self.pcl_head:
+      return estimates
+    head = contrastive.head_if_needed(self, references, self.pcl_embed_dim)
+    return contrastive.representation_outputs(estimates, decoder_inputs, clean_encoded, head)

@@ -69,15 +69,27 @@ def validate(config) -> None:
     _fail(f"config.model.extra_outputs={model_config.extra_outputs} must be >= 0")
   if int(config.data.num_sources) < 1:
     _fail(f"config.data.num_sources={config.data.num_sources} must be >= 1")
+  if model_config.get("pcl_head", False) and model_config.extra_outputs != 1:
+    _fail(f"config.model.pcl_head=True contrasts the talkers with one noise output; set "
+          f"config.model.extra_outputs=1 (it is {model_config.extra_outputs})")
 
 
 def _as_field_value(value):
   return tuple(value) if isinstance(value, list) else value
 
 
+def train_inputs(config) -> tuple[str, ...]:
+  """Batch keys the model reads while it learns: the clean talkers and noise of NASS's
+  contrastive term (`model.pcl_head`), none otherwise."""
+  if not config.model.get("pcl_head", False):
+    return ()
+  return (config.model.get("pcl_clean_key", "sources"), config.model.get("pcl_noise_key", "noise"))
+
+
 @registry.register("sudormrf", validate=validate,
                    speed_only_fields=("norm_impl", "remat", "remat_blocks", "depthwise_impl",
-                                      "uconv_impl"))
+                                      "uconv_impl"),
+                   train_inputs=train_inputs)
 def build(config) -> SuDORMRF:
   """SuDoRM-RF for `len(config.data.input_channels)` channels and `config.data.num_sources`."""
   model_config = config.model

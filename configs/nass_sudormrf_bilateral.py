@@ -1,0 +1,11 @@
+"""NASS (seed 002) on SuDoRM-RF, left and right T-mics, noisy scenes.
+
+Usage: `python launch/train.py --config=configs/nass_sudormrf_bilateral.py[:smoke|:gpu][,baseline|nopcl][,lambda1,m1,n2s]`
+(tokens: configs/nass_configs.py).
+"""
+
+from spatialsep_jax.configs import nass_configs
+
+
+def get_config(arg: str = ""):
+  return nass_configs.nass_config("nass_sudormrf_bilateral", arg, mics="bi", backbone="sudormrf")

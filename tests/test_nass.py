@@ -1,0 +1,285 @@
+"""Noise-aware separation (NASS, seed 002): the patch-wise contrastive loss against numpy, the
+noise output's permutation handling, where PCL's gradient may and may not go, parameter
+counts, and the smoke configurations trained through the generic trainer on noisy scenes."""
+
+import itertools
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import signal
+
+from spatialsep_jax import contrastive, evaluation, loss_terms, models, sdr, tasks, train
+from spatialsep_jax.configs import nass_dualpath, nass_sudormrf_bilateral, nass_sudormrf_mono
+from spatialsep_jax.models import dual_path
+from tests.conftest import with_overrides
+
+
+def _unit(x):
+  return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _numpy_info_nce(query, positive, negatives, temperature, num_negatives=0):
+  """The seed's PatchNCE written out per query: [q.p, q.n_j ...] with q_k.n_k = -10 (all K
+  negatives) or the M positions after k; -log softmax of entry 0."""
+  num_queries = len(query)
+  out = np.zeros(num_queries)
+  for k in range(num_queries):
+    if num_negatives:
+      negative = [query[k] @ negatives[(k + m) % num_queries] for m in range(1, num_negatives + 1)]
+    else:
+      negative = [-10.0 if j == k else query[k] @ negatives[j] for j in range(num_queries)]
+    logits = np.array([query[k] @ positive[k]] + negative) / temperature
+    out[k] = np.log(np.sum(np.exp(logits - logits.max()))) + logits.max() - logits[0]
+  return out
+
+
+@pytest.mark.parametrize("temperature,num_negatives", [(0.07, 0), (0.5, 0), (0.07, 2)])
+def test_info_nce_matches_numpy_with_the_overwritten_diagonal(temperature, num_negatives):
+  rng = np.random.default_rng(0)
+  query, positive, negatives = (_unit(rng.normal(size=(7, 5))) for _ in range(3))
+  got = contrastive.info_nce(jnp.asarray(query), jnp.asarray(positive), jnp.asarray(negatives),
+                             temperature, num_negatives)
+  np.testing.assert_allclose(got, _numpy_info_nce(query, positive, negatives, temperature,
+                                                  num_negatives), rtol=1e-4, atol=1e-4)
+
+
+def _head(embed_dim=8, seed=0):
+  return contrastive.PatchHead(embed_dim).apply(
+      contrastive.PatchHead(embed_dim).init(jax.random.key(seed)))
+
+
+def _numpy_embed(head, values):
+  h = {k: {n: np.asarray(a, np.float64) for n, a in v.items()} for k, v in head.items()}
+  hidden = np.maximum(values[..., None] * h["mlp1"]["kernel"] + h["mlp1"]["bias"], 0)
+  out = hidden @ h["mlp2"]["kernel"] + h["mlp2"]["bias"]
+  return out / (np.linalg.norm(out, axis=-1, keepdims=True) + contrastive.NORM_EPS)
+
+
+def _numpy_conv_maps(head, maps):
+  """conv -> ReLU -> conv over whole [H, W] maps (scipy's valid cross-correlation)."""
+  h = {k: {n: np.asarray(a, np.float64) for n, a in v.items()} for k, v in head.items()}
+  conv = lambda x, layer: signal.correlate2d(x, layer["kernel"], mode="valid") + layer["bias"]
+  flat = maps.reshape((-1,) + maps.shape[-2:])
+  out = [conv(np.maximum(conv(m, h["conv1"]), 0), h["conv2"]) for m in flat]
+  return np.stack(out).reshape(maps.shape[:-2] + out[0].shape)
+
+
+def _pcl_case(seed=0, num_frames=12, basis=10):
+  """Outputs whose estimates are [noise, s2, s1] exactly (PIT perm [2, 1, 0])."""
+  rng = np.random.default_rng(seed)
+  batch_size, length = 2, 400
+  sources = rng.normal(size=(batch_size, 2, length)).astype(np.float32)
+  noise = rng.normal(size=(batch_size, length)).astype(np.float32)
+  estimates = np.stack([noise, sources[:, 1], sources[:, 0]], axis=1)
+  outputs = {"estimates": jnp.asarray(estimates),
+             "pcl_decoder_inputs": jnp.asarray(rng.normal(size=(batch_size, 3, num_frames, basis)),
+                                               jnp.float32),
+             "pcl_clean_encodings": jnp.asarray(rng.normal(size=(batch_size, 3, num_frames, basis)),
+                                                jnp.float32),
+             "pcl_head": _head()}
+  return outputs, {"sources": jnp.asarray(sources), "noise": jnp.asarray(noise)}
+
+
+@pytest.mark.parametrize("direction", ["s->n", "n->s"])
+def test_pcl_term_matches_brute_force_numpy(direction):
+  """Same K positions (from the term's key) for every map, conv over the whole map then
+  sampled, MLP + L2, talkers reordered by the PIT perm over [s1, s2, n], averaged."""
+  outputs, batch = _pcl_case()
+  key, num_positions, temperature = jax.random.key(3), 16, 0.07
+  got, _ = contrastive.patch_contrastive_loss(outputs, batch, key, num_positions=num_positions,
+                                              temperature=temperature, direction=direction)
+  maps = np.asarray(outputs["pcl_decoder_inputs"], np.float64)
+  clean = np.asarray(outputs["pcl_clean_encodings"], np.float64)
+  height, width = maps.shape[-2] - 4, maps.shape[-1] - 4
+  rows, cols = contrastive.sample_positions(key, height, width, num_positions)
+  rows, cols = np.asarray(rows), np.asarray(cols)
+  assert len(set(zip(rows.tolist(), cols.tolist()))) == num_positions   # distinct positions
+  head = outputs["pcl_head"]
+  estimated = _numpy_embed(head, _numpy_conv_maps(head, maps)[..., rows, cols])
+  clean = _numpy_embed(head, _numpy_conv_maps(head, clean)[..., rows, cols])
+  perm = [2, 1, 0]                   # estimate index of s1, s2, noise
+  expected = []
+  for b in range(2):
+    per_talker = []
+    for talker in range(2):
+      if direction == "s->n":
+        q, p, n = estimated[b, perm[talker]], clean[b, talker], estimated[b, perm[2]]
+      else:
+        q, p, n = estimated[b, perm[2]], clean[b, 2], estimated[b, perm[talker]]
+      per_talker.append(_numpy_info_nce(q, p, n, temperature).mean())
+    expected.append(np.mean(per_talker))
+  np.testing.assert_allclose(got, expected, rtol=1e-4)
+
+
+def test_pcl_gradient_reaches_queries_and_head_only():
+  """s->n: no gradient reaches the clean encodings (targets' path) or the noise estimate's
+  map (negatives); the talkers' maps (queries) and the head get one."""
+  outputs, batch = _pcl_case(1)
+  key = jax.random.key(0)
+
+  def loss(differentiable):
+    return jnp.sum(contrastive.patch_contrastive_loss({**outputs, **differentiable}, batch, key,
+                                                      num_positions=16)[0])
+
+  grads = jax.grad(loss)({k: outputs[k] for k in ("pcl_decoder_inputs", "pcl_clean_encodings",
+                                                   "pcl_head")})
+  assert float(jnp.abs(grads["pcl_clean_encodings"]).max()) == 0.0
+  maps = grads["pcl_decoder_inputs"]
+  assert float(jnp.abs(maps[:, 0]).max()) == 0.0            # output 0 is the noise estimate
+  assert float(jnp.abs(maps[:, 1]).max()) > 0 and float(jnp.abs(maps[:, 2]).max()) > 0
+  assert all(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads["pcl_head"]))
+
+
+def test_model_path_of_clean_signals_gets_no_gradient():
+  """Through the SuDoRM-RF: the total NASS loss (PIT + PCL) has zero gradient with respect to
+  the clean signals the model encodes for PCL (a stop-gradient on the targets' encoder path)."""
+  config = nass_sudormrf_mono.get_config("smoke")
+  model = models.build_model(config)
+  length = 800
+  rng = np.random.default_rng(0)
+  sources = jnp.asarray(rng.normal(size=(2, 2, length)), jnp.float32)
+  noise = jnp.asarray(rng.normal(size=(2, length)), jnp.float32)
+  mixture = (sources.sum(1) + noise)[..., None]
+  variables = model.init(jax.random.key(0), mixture)
+  terms = loss_terms.bind(config)
+
+  def loss(references):
+    outputs, _ = model.apply(variables, mixture, train=True, references=references)
+    batch = {"sources": sources, "noise": noise}   # the loss terms' own (constant) references
+    return jnp.mean(loss_terms.total_loss(terms, outputs, batch, jax.random.key(1))[0])
+
+  grads = jax.grad(loss)({"sources": sources, "noise": noise})
+  assert float(jnp.abs(grads["sources"]).max()) == 0.0
+  assert float(jnp.abs(grads["noise"]).max()) == 0.0
+
+
+def test_patch_values_equal_full_convolution_then_gather():
+  head = _head()
+  maps = np.random.default_rng(2).normal(size=(2, 3, 9, 11)).astype(np.float32)
+  rows, cols = contrastive.sample_positions(jax.random.key(5), 5, 7, 12)
+  got = contrastive.patch_values(jnp.asarray(maps), head, rows, cols)
+  np.testing.assert_allclose(got, _numpy_conv_maps(head, maps.astype(np.float64))[..., rows, cols],
+                             rtol=1e-5, atol=1e-5)
+
+
+def _brute_force_talkers(estimates, sources, noise):
+  """Best summed SI-SDR over every order of the S + 1 outputs, by itertools."""
+  out = []
+  for est, src, n in zip(estimates, sources, noise):
+    refs = np.concatenate([src, n[None]])
+    best = max(itertools.permutations(range(len(est))),
+               key=lambda p: sum(sdr.sisdr_db(est[p[m]], refs[m], np) for m in range(len(refs))))
+    out.append(est[list(best)][:len(src)])
+  return np.stack(out)
+
+
+def test_noisy_separation_task_reorders_by_the_permutation_over_talkers_and_noise():
+  rng = np.random.default_rng(4)
+  batch_size, length = 6, 500
+  sources = rng.normal(size=(batch_size, 2, length)).astype(np.float32)
+  noise = rng.normal(size=(batch_size, length)).astype(np.float32)
+  refs = np.concatenate([sources, noise[:, None]], axis=1)
+  estimates = np.einsum("bij,bjt->bit", rng.normal(size=(batch_size, 3, 3)) ** 3, refs)
+  estimates = estimates.astype(np.float32)
+  # An example whose noise output resembles talker 0 more than talker 0's own output does
+  # in isolation, but the joint pairing keeps the noise output on the noise.
+  estimates[0] = np.stack([noise[0] + 0.9 * sources[0, 0], sources[0, 1],
+                           sources[0, 0] + 0.8 * noise[0]])
+  batch = {"sources": sources, "noise": noise, "mixture_reference": refs.sum(1)}
+  config = nass_sudormrf_mono.get_config("smoke")
+  task = tasks.get("noisy_separation")
+  expected = _brute_force_talkers(estimates.astype(np.float64), sources, noise)
+  for i in range(batch_size):
+    est, ref, baseline = task.example(estimates[i], batch, i, config)
+    np.testing.assert_allclose(est, expected[i], rtol=1e-6)
+    np.testing.assert_array_equal(ref, sources[i])
+  np.testing.assert_allclose(expected[0], [sources[0, 0] + 0.8 * noise[0], sources[0, 1]],
+                             rtol=1e-6)
+  scores = task.score_jax({"estimates": jnp.asarray(estimates)},
+                          {k: jnp.asarray(v) for k, v in batch.items()}, config)
+  want = sdr.sisdr_db(expected, sources.astype(np.float64), np).mean(-1)
+  np.testing.assert_allclose(scores["sisdr"], want, rtol=1e-3, atol=1e-3)
+  # pit_sisdr with the noise stem permuted picks the same pairing (loss = -mean best SI-SDR).
+  loss, metrics = loss_terms.pit_sisdr({"estimates": jnp.asarray(estimates)},
+                                       {"sources": jnp.asarray(sources), "noise": jnp.asarray(noise)},
+                                       None, stems=("noise",), extra_outputs="permute",
+                                       clamp_db=0.0)
+  perm = np.asarray(metrics["perm"])
+  reordered = np.take_along_axis(estimates, perm[:, :, None], axis=1)[:, :2]
+  np.testing.assert_allclose(reordered, expected, rtol=1e-6)
+  with pytest.raises(ValueError, match="model.extra_outputs=1"):
+    task.score_jax({"estimates": jnp.asarray(estimates[:, :2])},
+                   {k: jnp.asarray(v) for k, v in batch.items()}, config)
+
+
+def test_parameter_counts_of_the_noise_output_and_the_training_only_head():
+  """The seed's figures: the extra mask head of a SepFormer (N = 256) adds 65,792 parameters;
+  the PCL sampler (conv 2 x 10 + MLP 1-256-256) 66,324, all under params['pcl_head'], which
+  `inference_params` (exports, counts) drops."""
+  def count(module_fields, extra):
+    module = dual_path.DualPathTransformer(extra_outputs=extra, **module_fields)
+    return models.count_params(models.abstract_params(module, 800))
+  seed_size = dict(enc_basis=256, model_dim=256, num_blocks=1, layers_per_path=1, num_heads=8,
+                   ff_dim=64, chunk_size=50)
+  assert count(seed_size, 1) - count(seed_size, 0) == 65_792 == 256 * 256 + 256
+  config = nass_sudormrf_mono.get_config("gpu")
+  params = models.abstract_params(models.build(config), 800)
+  assert models.count_params(params["pcl_head"]) == 66_324
+  baseline = models.abstract_params(models.build(nass_sudormrf_mono.get_config("gpu,nopcl")), 800)
+  assert models.count_params(contrastive.inference_params(params)) == models.count_params(baseline)
+  full = models.abstract_params(models.build(nass_sudormrf_mono.get_config("gpu,baseline")), 800)
+  # mask conv (E + 1) + bias, decoder E x 21 + bias for one more output, E = 512
+  assert models.count_params(baseline) - models.count_params(full) == 513 + 1 + 512 * 21 + 1
+
+
+def test_chunking_round_trip_and_inference_without_the_head():
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 37, 3)), jnp.float32)
+  np.testing.assert_allclose(dual_path.from_chunks(dual_path.to_chunks(x, 10), 37), 2 * x,
+                             rtol=1e-6)
+  config = nass_dualpath.get_config("smoke")
+  model = models.build_model(config)
+  mixture = jnp.zeros((1, 800, 1))
+  variables = model.init(jax.random.key(0), mixture)
+  assert "pcl_head" in variables["params"]
+  estimates = model.estimates({"params": contrastive.inference_params(variables["params"])},
+                              mixture)
+  assert estimates.shape == (1, 3, 800)
+
+
+@pytest.fixture(scope="module")
+def noisy_smoke_shards(tmp_path_factory, smoke_cache_dir):
+  """A tiny noisy render (diffuse noise at -6..3 dB) with targets at both T-mics."""
+  from data_pipeline import dataset
+  config = nass_sudormrf_bilateral.get_config("smoke")
+  with_overrides(config, data__num_examples__train=8, data__num_examples__val=4,
+                 data__num_examples__test=4, data__examples_per_shard=8)
+  config.data.cache_dir = smoke_cache_dir
+  directory = str(tmp_path_factory.mktemp("nass_shards"))
+  dataset.render(config, directory, num_workers=2, progress=False)
+  return directory
+
+
+@pytest.mark.parametrize("module", [nass_sudormrf_bilateral, nass_dualpath])
+def test_smoke_nass_configs_train_validate_and_evaluate(module, noisy_smoke_shards,
+                                                        smoke_cache_dir, tmp_path):
+  """Two steps through train.train_and_evaluate on noisy scenes (PIT over talkers + noise,
+  PCL, the noisy_separation task in validation), then the test split's rows."""
+  config = module.get_config("smoke")
+  with_overrides(config, data__num_examples__train=8, data__num_examples__val=4,
+                 data__num_examples__test=4, data__examples_per_shard=8,
+                 data__target_mics=("L_tmic", "R_tmic"), train__num_steps=2,
+                 train__eval_every=2, train__checkpoint_every=2, train__log_every=1,
+                 train__batch_size=4, eval__max_examples=4, eval__after_training=False)
+  config.data.shards_dir, config.data.cache_dir = noisy_smoke_shards, smoke_cache_dir
+  workdir = str(tmp_path / "run")
+  result = train.train_and_evaluate(config, workdir, progress=False)
+  assert result["step"] == 2
+  assert np.isfinite(result["last"]["loss/pcl"]) and result["last"]["loss/pcl"] > 0
+  assert np.isfinite(result["best"]["val_sisdri"])
+  summary = evaluation.run_evaluation(config, workdir, progress=False)
+  rows = evaluation.read_rows(os.path.join(summary["out_dir"], "rows.csv"))
+  assert len(rows) == 4 and all(np.isfinite(r["sisdr_improvement"]) for r in rows)
+  assert summary["task"] == "noisy_separation"
