@@ -28,7 +28,7 @@ DEADLINE=${DEADLINE:-570}   # seconds this call may use; a stage gets at most wh
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 # Compiling the unrolled 16-block models takes XLA ~45 s per program on this host: programs
 # compiled by one process are reused by the next through the persistent cache.
-export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 JAX_COMPILATION_CACHE_DIR=/tmp/jax_cache
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 JAX_COMPILATION_CACHE_DIR=/tmp/jax_cache
 W=$OUT/${BENCH_NAME:-h100}; LOG=$OUT/stages.log; mkdir -p $W /tmp/prof
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 DATA="--config.data.num_examples.train=1024 --config.data.num_examples.val=128 --config.data.num_examples.test=16 --config.data.num_rooms=8 --config.data.loader=grain --config.data.host_audio_dtype=float16 --config.data.loader_workers=4"

@@ -14,7 +14,7 @@ ROOT=${PROBE_DIR:-/tmp/ipd_probe}
 VARIANT=${VARIANT:-gpu}            # smoke: the same pipeline at toy sizes (a CPU dry run)
 if [ -z "${SKIP_WHEELS:-}" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site
+  export PYTHONPATH=/tmp/site:$PWD
 fi
 export PYTHONUNBUFFERED=1 JAX_COMPILATION_CACHE_DIR=/tmp/jax_cache
 NUM=$(echo "$CONFIGS" | tr ',' '\n' | wc -l)

@@ -6,7 +6,7 @@
 set -u
 CONFIGS=$1; NTRAIN=${2:-8000}; STEPS=${3:-2000}
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_MEM_FRACTION=${MEM_FRACTION:-0.45} JAX_COMPILATION_CACHE_DIR=/tmp/jax_cache
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_MEM_FRACTION=${MEM_FRACTION:-0.45} JAX_COMPILATION_CACHE_DIR=/tmp/jax_cache
 python3 -m pip install -q --no-build-isolation --no-deps --target /tmp/site .whl/pesq-*.tar.gz >$OUT/pesq_build.log 2>&1 && echo "pesq built" || { echo "pesq not built:"; tail -3 $OUT/pesq_build.log; }
 python3 -c "import jax, flax, optax, orbax.checkpoint, grain; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, jax.devices())"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
