@@ -52,7 +52,8 @@ def summary_text(config, directory: str, plot: bool = True) -> str:
   if plot:
     path = os.path.join(directory, "summary.png")
     _plot(stats, path)
-    lines.append(f"plots: {path}")
+    if os.path.exists(path):  # not without the plots extra
+      lines.append(f"plots: {path}")
   return "\n".join(lines)
 
 
