@@ -11,20 +11,20 @@ def test_study_trains_evaluates_and_reports_each_configuration(smoke_dataset, tm
   shards, cache = smoke_dataset
   workdir = str(tmp_path / "study")
   command = [sys.executable, os.path.join(ROOT, "launch", "study.py"), "--variant=smoke",
-             f"--workdir={workdir}", "--configs=mono,bilateral,ipd:sepnorm", "--parallel=2",
+             f"--workdir={workdir}", "--configs=bilateral,ipd:sepnorm", "--parallel=2",
              f"--set=data.shards_dir={shards}", f"--set=data.cache_dir={cache}",
              "--set=train.num_steps=2"]
   result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stdout + result.stderr
-  for name in ("mono", "bilateral", "ipd_sepnorm"):
+  for name in ("bilateral", "ipd_sepnorm"):
     assert f"[study] {name}: done" in result.stdout
   saved = open(os.path.join(workdir, "ipd_sepnorm", "config.json")).read()
   assert '"feature_norm": "separate"' in saved
   report = open(os.path.join(workdir, "report", "README.md")).read()
-  for name in ("mono", "bilateral", "ipd_sepnorm"):
+  for name in ("bilateral", "ipd_sepnorm"):
     assert f"| {name} |" in report
   assert "L_tmic, R_tmic" in report and "by angular separation" in report
-  assert "| bilateral - mono | implicit cues" in report
+  assert "| ipd_sepnorm - bilateral | explicit IPD, own norm" in report
   for png in ("sisdri_per_config.png", "sisdri_vs_separation.png", "training_curves.png",
               "spectrograms.png"):
     assert os.path.getsize(os.path.join(workdir, "report", png)) > 0
