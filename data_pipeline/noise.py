@@ -2,7 +2,7 @@
 array, so its interaural cues are those of real sound sources in that room.
 
 Kinds (`data.noise`; `NOISE_KINDS` gives the integer `noise_kind` of the record):
-  diffuse        independent pink (1/f power, -3 dB per octave) noise signals from
+  diffuse        independent pink (1/f power, -3 dB per octave, from 50 Hz) noise signals from
                  `DIFFUSE_DIRECTIONS` azimuths spread evenly around the head;
   babble         `data.babble_talkers` utterances of held-out babble speakers (a corpus pool
                  disjoint from every split's talkers, `corpus_base.Corpus.babble_utterances`),
@@ -25,7 +25,10 @@ NOISE_KINDS = ("diffuse", "babble", "nonstationary", "files")
 MIXABLE_KINDS = ("diffuse", "babble", "nonstationary")
 DATA_NOISE_VALUES = ("none", "diffuse", "babble", "nonstationary", "mixed")
 DIFFUSE_DIRECTIONS = 8
-PINK_LOWEST_HZ = 20.0             # below: flat at the 20-Hz level (no unbounded 1/f rise)
+# Noise sources carry nothing below this: the simulated responses gain ~20 dB towards 0 Hz (all
+# image-source gains are positive), so sub-audio noise would otherwise dominate the noise level
+# and make a "stationary" noise fluctuate at a few Hz.
+NOISE_LOWEST_HZ = 50.0
 MODULATION_RATE_HZ = (0.5, 4.0)   # cut-off of the log-envelope's random process
 MODULATION_DEPTH_DB = (3.0, 9.0)  # standard deviation of the envelope in dB
 TRANSIENTS_PER_SECOND = 1.5
@@ -66,16 +69,16 @@ def uses_babble(data) -> bool:
 
 def pink_noise(count: int, num_samples: int, rng: np.random.Generator,
                sample_rate: int) -> np.ndarray:
-  """[count, num_samples] independent pink noise signals (power density ~ 1/f above
-  PINK_LOWEST_HZ, flat below, no DC), unit RMS each.
+  """[count, num_samples] independent pink noise signals (power density ~ 1/f from
+  NOISE_LOWEST_HZ up, nothing below), unit RMS each.
 
   Hand-written (one spectral weighting of white Gaussian noise): no installed library makes
   coloured noise, and this keeps the render free of another dependency on the accelerator."""
   white = rng.standard_normal((count, num_samples))
   spectrum = np.fft.rfft(white, axis=1)
   frequencies = np.fft.rfftfreq(num_samples, 1.0 / sample_rate)
-  weights = 1.0 / np.sqrt(np.maximum(frequencies, PINK_LOWEST_HZ))
-  weights[0] = 0.0
+  weights = np.where(frequencies >= NOISE_LOWEST_HZ,
+                     1.0 / np.sqrt(np.maximum(frequencies, NOISE_LOWEST_HZ)), 0.0)
   pink = np.fft.irfft(spectrum * weights, n=num_samples, axis=1)
   return (pink / np.sqrt(np.mean(pink ** 2, axis=1, keepdims=True))).astype(np.float32)
 
@@ -99,7 +102,8 @@ def modulation_envelope(num_samples: int, sample_rate: int, rng: np.random.Gener
 
 def transient(kind: str, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
   """One transient [N], unit RMS: a 'click' (broadband burst decaying in ~1 ms) or a 'slam'
-  (noise low-passed at SLAM_LOWPASS_HZ, 2-ms attack, exponential decay over 80-300 ms)."""
+  (noise band-passed to NOISE_LOWEST_HZ..SLAM_LOWPASS_HZ, 2-ms attack, exponential decay over
+  80-300 ms)."""
   seconds = rng.uniform(*(CLICK_SECONDS if kind == "click" else SLAM_SECONDS))
   length = max(2, int(round(seconds * sample_rate)))
   t = np.arange(length) / sample_rate
@@ -107,7 +111,9 @@ def transient(kind: str, sample_rate: int, rng: np.random.Generator) -> np.ndarr
   if kind == "click":
     shape = np.exp(-t / (seconds / 5))
   else:
-    sos = signal.butter(2, min(SLAM_LOWPASS_HZ / (sample_rate / 2), 0.9), output="sos")
+    nyquist = sample_rate / 2
+    sos = signal.butter(2, (NOISE_LOWEST_HZ / nyquist, min(SLAM_LOWPASS_HZ / nyquist, 0.9)),
+                        btype="bandpass", output="sos")
     burst = signal.sosfilt(sos, burst)
     shape = np.minimum(t / 0.002, 1.0) * np.exp(-t / (seconds / 4))
   burst = burst * shape
