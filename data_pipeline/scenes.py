@@ -21,6 +21,7 @@ import numpy as np
 import soundfile
 from scipy import signal
 
+from data_pipeline import corpus_base
 from data_pipeline import noise as noise_lib
 from data_pipeline import shards
 from data_pipeline.array import CHANNEL_NAMES, channel_indices, target_mics
@@ -164,8 +165,7 @@ def _noise_excerpt(path: pathlib.Path, num_samples: int, sample_rate: int,
   """A random excerpt [num_samples, C] of a noise file (looped when short)."""
   noise, file_rate = soundfile.read(str(path), dtype="float32", always_2d=True)
   if file_rate != sample_rate:
-    from data_pipeline.measured import resample
-    noise = resample(noise, file_rate, sample_rate, str(path)).astype(np.float32)
+    noise = corpus_base.resample(noise, file_rate, sample_rate, what=str(path))
   if noise.shape[0] == 0:
     raise ValueError(f"{path}: empty noise file; remove it from the noise folder")
   if not np.all(np.isfinite(noise)):
