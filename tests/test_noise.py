@@ -8,7 +8,7 @@ import pytest
 from scipy import signal
 
 from data_pipeline import corpus as corpus_lib
-from data_pipeline import dataset, noise, rooms, scenes, shards
+from data_pipeline import dataset, noise, rooms, scenes, shards, summarize
 from spatialsep_jax.configs import base
 
 SPEAKERS = ((3, 0, 210.0), (7, 1, 110.0))
@@ -301,6 +301,9 @@ def test_render_one_talker_at_16_khz_with_mixed_noise(tmp_path, smoke_cache_dir)
       kinds.add(manifest["noise_kinds"][int(record["noise_kind"])])
   assert kinds <= set(noise.MIXABLE_KINDS) and len(kinds) >= 2
   assert json.loads(json.dumps(manifest["data_config"]))["noise"] == "mixed"
+  text = summarize.summary_text(config, directory, plot=False)
+  assert "babble speakers (in no split's talker set): " in text and "TIR n/a (one talker)" in text
+  assert all(f"{split}" in text for split in scenes.SPLITS) and "SNR -" in text
 
 
 def test_espeak_babble_voices_are_new_speakers_and_leave_the_talkers_alone(smoke_cache_dir):
