@@ -23,6 +23,8 @@ flags.DEFINE_string("pretrained", None, "a model in pretrained/ (e.g. mono) or a
 flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "which checkpoint of --workdir")
 flags.DEFINE_string("out", None, "output folder (default: next to each input)")
 flags.DEFINE_integer("batch_size", 4, "chunks separated at once")
+flags.DEFINE_bool("all_outputs", False, "write every output of the model, the extra ones too "
+                  "(a noise-aware model's noise estimate), as _talker<k>.wav")
 FLAGS = flags.FLAGS
 
 
@@ -53,6 +55,8 @@ def main(argv):
   out_dirs = {path: inference.check_output_folder(
       FLAGS.out or os.path.dirname(os.path.abspath(path))) for path in inputs}
   separator = load_separator(_CONFIG.value)
+  if FLAGS.all_outputs:
+    separator.num_sources += int(separator.config.model.get("extra_outputs", 0))
   print(f"separating with {separator.source} ({separator.num_sources} talkers, "
         f"{separator.sample_rate} Hz, channels {', '.join(separator.input_channels)})")
   for path in inputs:
