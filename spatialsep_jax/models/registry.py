@@ -98,6 +98,7 @@ def validate(config) -> None:
 def _import_builtin_models():
   # Importing the model modules runs their @register decorators.
   from spatialsep_jax.models import deep_clustering, sudormrf_system  # noqa: F401
+  from spatialsep_jax.models import conv_tasnet, fusion  # noqa: F401
   from spatialsep_jax.models import dual_path  # noqa: F401
 
 
