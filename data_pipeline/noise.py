@@ -135,6 +135,14 @@ def even_azimuths(available: np.ndarray, azimuths_deg: np.ndarray, count: int,
   return np.asarray(chosen, np.int64)
 
 
+def point_source_azimuths(available: np.ndarray, talkers=()) -> np.ndarray:
+  """Azimuth indices point noise sources may take: the available ones other than the talkers'
+  positions (all available ones when that would leave fewer than two)."""
+  candidates = np.flatnonzero(available)
+  others = np.setdiff1d(candidates, np.asarray(talkers, np.int64))
+  return others if others.size >= 2 else candidates
+
+
 def spatialise(signals: np.ndarray, responses: np.ndarray, num_samples: int) -> np.ndarray:
   """Point sources [K, num_samples + L] through responses [K, L, M] -> their sum [num_samples, M],
   the last num_samples samples of each source's full overlap with its response (steady state)."""
@@ -156,13 +164,14 @@ def diffuse(bank, room: int, num_samples: int, sample_rate: int,
 
 
 def nonstationary(bank, room: int, num_samples: int, sample_rate: int,
-                  rng: np.random.Generator) -> np.ndarray:
+                  rng: np.random.Generator, talkers=()) -> np.ndarray:
   """Amplitude-modulated pink noise from one azimuth plus transients, each from its own
-  azimuth; [T, M]. At least one transient falls inside the segment."""
+  azimuth (none at the `talkers`' azimuth indices while others remain); [T, M]. At least one
+  transient falls inside the segment."""
   responses = np.asarray(bank.reverberant[room], np.float32)                      # [A, L, M]
   length = responses.shape[1]
   total = num_samples + length
-  candidates = np.flatnonzero(bank.available[room])
+  candidates = point_source_azimuths(bank.available[room], talkers)
   bed = pink_noise(1, total, rng, sample_rate)[0] * modulation_envelope(total, sample_rate, rng)
   bed_rms = float(np.sqrt(np.mean(bed ** 2)))
   signals, directions = [bed], [int(rng.choice(candidates))]
@@ -179,10 +188,11 @@ def nonstationary(bank, room: int, num_samples: int, sample_rate: int,
 
 
 def babble(dry: np.ndarray, bank, room: int, num_samples: int,
-           rng: np.random.Generator) -> np.ndarray:
+           rng: np.random.Generator, talkers=()) -> np.ndarray:
   """Babble [T, M] of dry utterance crops [K, T + L] (scaled to unit RMS here, so every babble
-  talker has the same level), each from its own azimuth (distinct while the room has enough)."""
-  candidates = np.flatnonzero(bank.available[room])
+  talker has the same level), each from its own azimuth (distinct while the room has enough;
+  none at the `talkers`' azimuth indices while others remain)."""
+  candidates = point_source_azimuths(bank.available[room], talkers)
   directions = rng.choice(candidates, dry.shape[0], replace=dry.shape[0] > candidates.size)
   levels = np.sqrt(np.mean(np.square(dry, dtype=np.float64), axis=1, keepdims=True))
   dry = (dry / np.maximum(levels, 1e-12)).astype(np.float32)

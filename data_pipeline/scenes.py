@@ -224,18 +224,19 @@ def _babble_crops(data, pool, num_samples: int, rng: np.random.Generator) -> np.
 
 
 def _make_noise(data, bank: RirBank, room: int, num_samples: int, rng: np.random.Generator,
-                babble=None) -> tuple[np.ndarray, str]:
-  """(noise [T, M] of one kind of `noise.kinds_of(data)` (drawn when there are several), kind)."""
+                babble=None, talkers=()) -> tuple[np.ndarray, str]:
+  """(noise [T, M] of one kind of `noise.kinds_of(data)` (drawn when there are several), kind).
+  Point noise sources avoid the `talkers`' azimuth indices."""
   kinds = noise_lib.kinds_of(data)
   kind = kinds[int(rng.integers(len(kinds)))] if len(kinds) > 1 else kinds[0]
   rate = int(data.sample_rate)
   if kind == "diffuse":
     return noise_lib.diffuse(bank, room, num_samples, rate, rng), kind
   if kind == "nonstationary":
-    return noise_lib.nonstationary(bank, room, num_samples, rate, rng), kind
+    return noise_lib.nonstationary(bank, room, num_samples, rate, rng, talkers), kind
   if kind == "babble":
     crops = _babble_crops(data, babble, num_samples + bank.rir_length, rng)
-    return noise_lib.babble(crops, bank, room, num_samples, rng), kind
+    return noise_lib.babble(crops, bank, room, num_samples, rng, talkers), kind
   return _file_noise(data, bank, room, num_samples, rng), kind
 
 
@@ -300,7 +301,7 @@ def make_example(config, utterances, speakers, bank: RirBank, rng: np.random.Gen
     snr_db = np.inf
   else:
     snr_db = float(rng.uniform(*data.snr_db_range))
-    noise, noise_kind = _make_noise(data, bank, room, num_samples, rng, babble)
+    noise, noise_kind = _make_noise(data, bank, room, num_samples, rng, babble, azimuth_indices)
     noise *= _rms(speech[:, reference]) / max(_rms(noise[:, reference]), 1e-12) * 10 ** (-snr_db / 20)
   mixture = speech + noise
   gain = PEAK_LEVEL / max(float(np.max(np.abs(mixture))), 1e-12)

@@ -154,6 +154,22 @@ def test_nonstationary_noise_has_a_more_variable_envelope(setup):
   assert min(variances["nonstationary"]) > 3 * max(variances["diffuse"]), variances
 
 
+def test_point_noise_sources_avoid_the_talkers_positions(setup):
+  import dataclasses
+  _, bank, _, _ = setup
+  talkers = (3, 7)
+  # Responses only at the talkers' azimuths: noise from anywhere else is silent.
+  only_talkers = np.zeros_like(np.asarray(bank.reverberant))
+  only_talkers[:, list(talkers)] = bank.reverberant[:, list(talkers)]
+  masked = dataclasses.replace(bank, reverberant=only_talkers)
+  rng = np.random.default_rng(0)
+  dry = rng.standard_normal((6, 8000 + bank.rir_length))
+  assert not np.any(noise.babble(dry, masked, 0, 8000, rng, talkers))
+  assert not np.any(noise.nonstationary(masked, 0, 8000, 8000, rng, talkers))
+  assert np.any(noise.babble(dry, masked, 0, 8000, np.random.default_rng(1)))  # without: used
+  np.testing.assert_array_equal(noise.point_source_azimuths(np.ones(3, bool), (0, 1)), [0, 1, 2])
+
+
 def test_babble_is_the_pool_speakers_from_several_directions(setup):
   config, bank, _, _ = setup
   waveforms = {f"b{k}": [speechlike(np.random.default_rng(k), 12000)] for k in range(6)}
