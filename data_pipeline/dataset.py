@@ -29,8 +29,10 @@ _READ_SIDE_FIELDS = RESULT_NEUTRAL_FIELDS + ("input_channels", "target", "dynami
 DATASET_FORMAT_VERSION = 2  # = shards.RECORD_VERSION: room-disjoint splits, target mics
 # Identity of how noise is rendered, in the fingerprint of noisy datasets only (so noise-free
 # datasets keep theirs). 2: pink diffuse noise from evenly spread azimuths, babble,
-# nonstationary, steady-state room fields, the noise_kind record field.
-NOISE_RENDER_VERSION = 2
+# nonstationary, steady-state room fields, the noise_kind record field. 3: noise sources from
+# 50 Hz up, transients 3-15 dB, point sources off the talkers' azimuths (renders of the
+# intermediate 2 get a new identity).
+NOISE_RENDER_VERSION = 3
 
 
 def unused_data_fields(data) -> tuple[str, ...]:
