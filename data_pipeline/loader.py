@@ -367,8 +367,12 @@ class BatchAssembler:
     azimuths = batch["azimuth_deg"]
     pairwise = np.abs(azimuths[:, :, None] - azimuths[:, None, :]) % 360.0
     pairwise = np.minimum(pairwise, 360.0 - pairwise) + np.where(np.eye(s, dtype=bool), np.inf, 0.0)
-    batch["separation_deg"] = pairwise.min(axis=(1, 2)).astype(np.float32)
-    batch["tir_db"] = tir_db[:, 0].astype(np.float32)
+    if s > 1:
+      batch["separation_deg"] = pairwise.min(axis=(1, 2)).astype(np.float32)
+      batch["tir_db"] = tir_db[:, 0].astype(np.float32)
+    else:  # one talker (enhancement): no interferer, as the rendered one-talker records say
+      batch["separation_deg"] = np.full(b, np.nan, np.float32)
+      batch["tir_db"] = np.full(b, np.inf, np.float32)
     speech_power = np.mean((reference * gains[:, :, None]).sum(axis=1) ** 2, axis=-1)
     noise_power = np.mean(batch["noise"] ** 2, axis=-1)
     with np.errstate(divide="ignore"):

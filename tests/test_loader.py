@@ -348,3 +348,17 @@ def test_damaged_shard_fails_when_the_loader_is_built(tmp_path, backend):
   with pytest.raises(shards.ShardError, match=f"shard {path} is truncated"):
     loader.make_loader(make_config(loader=backend), str(tmp_path), "train", train=True,
                        batch_size=2, process_index=0, process_count=1)
+
+
+def test_dynamic_mixing_of_one_talker_keeps_mixture_equal_to_talker_plus_noise(tmp_path):
+  render.render_dataset(str(tmp_path), {"train": 6}, 3,
+                        functools.partial(fake_example, num_sources=1, store_images=True),
+                        manifest_extra(store_images=True, num_sources=1), "h", num_workers=0,
+                        progress=False)
+  config = make_config(loader="grain", dynamic_mixing=True, num_sources=1)
+  batch = take(loader.make_loader(config, str(tmp_path), "train", train=True, batch_size=3,
+                                  process_index=0, process_count=1), 1)[0]
+  assert batch["sources"].shape == (3, 1, SEGMENT)
+  assert np.all(np.isinf(batch["tir_db"])) and np.all(np.isnan(batch["separation_deg"]))
+  reference = batch["mixture"][..., config.data.input_channels.index("L_tmic")]
+  np.testing.assert_allclose(reference, batch["sources"][:, 0] + batch["noise"], atol=2e-3)
