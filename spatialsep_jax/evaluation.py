@@ -28,6 +28,8 @@ SEPARATION_BINS = (("co-located (<=15 deg)", 0.0, 15.001), ("near (15-60 deg)", 
                    ("far (>=60 deg)", 60.0, 180.001))
 RT60_BINS = (("RT60 < 0.4 s", 0.0, 0.4), ("RT60 0.4-0.6 s", 0.4, 0.6), ("RT60 >= 0.6 s", 0.6, 99.0))
 TIR_BINS = (("TIR < -2 dB", -99.0, -2.0), ("TIR -2..2 dB", -2.0, 2.0), ("TIR >= 2 dB", 2.0, 99.0))
+SNR_BINS = (("SNR < -3 dB", -99.0, -3.0), ("SNR -3..0 dB", -3.0, 0.0), ("SNR 0..5 dB", 0.0, 5.0),
+            ("SNR >= 5 dB", 5.0, 99.0))
 F0_BINS = (("F0 distance < 2 st", 0.0, 2.0), ("F0 distance 2-6 st", 2.0, 6.0),
            ("F0 distance >= 6 st", 6.0, 99.0))
 SUMMARY_METRICS = ("sisdr_improvement", "sdr_improvement", "stoi_improvement", "pesq_improvement",
@@ -77,9 +79,12 @@ def _per_source(batch: dict, key: str, i: int, cast=float) -> dict:
   return {f"{key}_{k}": cast(v) for k, v in enumerate(values)}
 
 
-def _scene_columns(batch: dict, i: int) -> dict:
-  """Scene metadata of example i: scalars as they are, per-source arrays as `<key>_<k>`."""
+def _scene_columns(batch: dict, i: int, noise_kinds=()) -> dict:
+  """Scene metadata of example i: scalars as they are, per-source arrays as `<key>_<k>`;
+  `noise_kind` by name (the manifest's `noise_kinds`) when the data mixes noise kinds."""
   columns = {"example_id": int(batch["example_id"][i])}
+  if "noise_kind" in batch and len(noise_kinds):
+    columns["noise_kind"] = str(noise_kinds[int(batch["noise_kind"][i])])
   for key in ("separation_deg", "rt60", "tir_db", "snr_db", "room_index"):
     if key in batch:
       columns[key] = float(batch[key][i])
@@ -217,7 +222,8 @@ def evaluate_variables(config, variables, out_dir: str, *, split: str | None = N
           work.append((est, ref, baseline))
         results = (pool.starmap(worker, work) if pool and work else [worker(*w) for w in work])
         for i, result in zip(todo[name], results):
-          row = {"split": split, **_scene_columns(batch, i), **_metric_columns(result)}
+          row = {"split": split, **_scene_columns(batch, i, manifest.get("noise_kinds", ())),
+                 **_metric_columns(result)}
           if name not in writers:
             handles[name], writers[name] = _open_rows(rows_paths[name], list(row))
           writers[name].append(row)
@@ -335,6 +341,12 @@ def summarize_rows(rows: list[dict]) -> dict:
     groups["rt60"] = binned(rows, "rt60", RT60_BINS)
   if has("tir_db"):
     groups["tir"] = binned(rows, "tir_db", TIR_BINS)
+  noisy = [r for r in rows if np.isfinite(r.get("snr_db", math.inf))]
+  if noisy:
+    groups["snr"] = binned(noisy, "snr_db", SNR_BINS)
+  if has("noise_kind"):
+    groups["noise_kind"] = {kind: [r for r in rows if r["noise_kind"] == kind]
+                            for kind in sorted({r["noise_kind"] for r in rows})}
   return {"num_examples": len(rows), "overall": stats(rows),
           "breakdowns": {g: {name: stats(subset) for name, subset in bins.items() if subset}
                          for g, bins in groups.items()}}

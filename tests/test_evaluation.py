@@ -112,3 +112,19 @@ def test_evaluation_with_float16_host_audio_matches_float32(trained_run, tmp_pat
   assert any(name.endswith("_mixture.wav") for name in wavs)
   audio, _ = soundfile.read(os.path.join(summary["out_dir"], "examples", sorted(wavs)[0]))
   assert np.isfinite(audio).all() and np.abs(audio).max() > 0
+
+
+def test_summary_breaks_noisy_rows_down_by_snr_and_noise_kind():
+  import numpy as np
+  from spatialsep_jax import evaluation
+  rows = [{"example_id": i, "sisdr_improvement": float(i), "snr_db": snr, "noise_kind": kind}
+          for i, (snr, kind) in enumerate([(-5.0, "babble"), (-1.0, "diffuse"), (2.0, "babble"),
+                                           (7.0, "diffuse"), (float("inf"), "diffuse")])]
+  groups = evaluation.summarize_rows(rows)["breakdowns"]
+  assert groups["snr"]["SNR < -3 dB"]["sisdr_improvement"]["mean"] == 0.0
+  assert set(groups["snr"]) == {"SNR < -3 dB", "SNR -3..0 dB", "SNR 0..5 dB", "SNR >= 5 dB"}
+  assert groups["noise_kind"]["babble"]["sisdr_improvement"]["mean"] == np.mean([0.0, 2.0])
+  assert groups["noise_kind"]["diffuse"]["sisdr_improvement"]["n"] == 3
+  columns = evaluation._scene_columns({"example_id": np.array([4]), "noise_kind": np.array([1]),
+                                       "snr_db": np.array([2.5])}, 0, ("diffuse", "babble"))
+  assert columns == {"example_id": 4, "noise_kind": "babble", "snr_db": 2.5}
