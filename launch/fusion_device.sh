@@ -7,6 +7,7 @@
 # activation variance of both sides, and packs the small results into $OUT.
 # Usage (device tool, carry .whl with the pyclarity wheel in it):
 #   bash launch/fusion_device.sh [steps] [train examples] [test examples]
+# EXTRA_SETS="--set=data.segment_seconds=2.0" adds overrides for every run (word-split).
 set -u
 STEPS=${1:-400}; NTRAIN=${2:-3000}; NTEST=${3:-80}
 DEADLINE=${DEADLINE:-430}          # seconds for the study stage and after
@@ -24,7 +25,7 @@ NUM=$(echo "$CONFIGS" | tr ',' '\n' | wc -l)
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${MEM_FRACTION:-$(python3 -c "print(round(0.9 / ($NUM + 1), 3))")}
 python3 -c "import jax, flax, optax, clarity; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, 'pyclarity', clarity.__version__, jax.devices())"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-SETS=(--set=data.num_examples.train=$NTRAIN --set=data.num_examples.val=128
+SETS=(${EXTRA_SETS:-} --set=data.num_examples.train=$NTRAIN --set=data.num_examples.val=128
       --set=data.num_examples.test=$NTEST --set=train.num_steps=$STEPS
       --set=train.eval_every=$(( STEPS / 2 )) --set=train.checkpoint_every=$(( STEPS / 2 ))
       --set=train.eval_batches=8 --set=eval.max_examples=$NTEST --set=eval.save_examples=0

@@ -1,6 +1,7 @@
 """Binaural fusion models (seed 004): Conv-TasNet sides, Hadamard fusion topologies, the
 interaural loss term, and the fusion configs trained through the trainer."""
 
+import glob
 import os
 
 import jax
@@ -156,3 +157,36 @@ def test_fusion_config_validation_names_the_field():
     registry.build(config)
   with pytest.raises(ValueError, match="unknown config token"):
     fusion_configs.get_config("smoke,sideways")
+
+
+@pytest.fixture(scope="module")
+def fusion_shards(tmp_path_factory, smoke_cache_dir):
+  """A `:smoke` render of the fusion task (one talker in diffuse noise, targets at both
+  T-mics); the corpus and room caches are the session's."""
+  from data_pipeline import dataset
+  config = fusion_configs.get_config("smoke")
+  config.data.cache_dir = smoke_cache_dir
+  directory = str(tmp_path_factory.mktemp("fusion_shards"))
+  dataset.render(config, directory, num_workers=1, progress=False)
+  return directory, smoke_cache_dir
+
+
+def test_smoke_configs_train_and_evaluate_binaural_metrics(fusion_shards, tmp_path):
+  from spatialsep_jax import evaluation, train
+  from tests.conftest import smoke_config
+  config = smoke_config(fusion_configs, *fusion_shards, arg="smoke,double",
+                        eval__max_examples=2, train__num_steps=2, train__eval_every=2,
+                        train__checkpoint_every=2)
+  result = train.train_and_evaluate(config, str(tmp_path / "double"), progress=False)
+  assert np.isfinite(result["last"]["val_sisdri"])
+  rows_path, = glob.glob(str(tmp_path / "double" / "eval" / "test-*" / "rows.csv"))
+  rows = evaluation.read_rows(rows_path)
+  assert len(rows) == 2
+  for row in rows:
+    for column in ("snr_improvement_s0", "snr_improvement_s1", "stoi_s1", "better_ear_stoi",
+                   "mbstoi", "mbstoi_mixture", "ic_noise_residual", "delta_ild_db",
+                   "delta_itd_ms"):
+      assert np.isfinite(float(row[column])), column
+    assert 0.0 <= float(row["mbstoi"]) <= 1.0
+    assert float(row["better_ear_stoi"]) == pytest.approx(max(float(row["stoi_s0"]),
+                                                              float(row["stoi_s1"])), abs=1e-9)
