@@ -17,15 +17,19 @@ CONFIGS=${CONFIGS:-fusion:independent+learned,fusion:front+learned,fusion:back+l
 if [ -z "${SKIP_WHEELS:-}" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 fi
-# Without an install, the spatialsep_jax.configs / .launch packages are the top-level folders.
-[ -e spatialsep_jax/configs ] || ln -s ../configs spatialsep_jax/configs
-[ -e spatialsep_jax/launch ] || ln -s ../launch spatialsep_jax/launch
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 JAX_COMPILATION_CACHE_DIR=/tmp/jax_cache
+# Without an install (the device copy), spatialsep_jax.configs / .launch are the top-level
+# folders: linked there (launch/common.ROOT is then spatialsep_jax/, hence the absolute data
+# folders below).
+if ! python3 -c "import spatialsep_jax.configs, spatialsep_jax.launch" 2>/dev/null; then
+  ln -s ../configs spatialsep_jax/configs; ln -s ../launch spatialsep_jax/launch
+fi
 NUM=$(echo "$CONFIGS" | tr ',' '\n' | wc -l)
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${MEM_FRACTION:-$(python3 -c "print(round(0.9 / ($NUM + 1), 3))")}
 python3 -c "import jax, flax, optax, clarity; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, 'pyclarity', clarity.__version__, jax.devices())"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-SETS=(${EXTRA_SETS:-} --set=data.num_examples.train=$NTRAIN --set=data.num_examples.val=128
+SETS=(${EXTRA_SETS:-} --set=data.shards_dir=$ROOT-data --set=data.cache_dir=$ROOT-cache
+      --set=data.num_examples.train=$NTRAIN --set=data.num_examples.val=128
       --set=data.num_examples.test=$NTEST --set=train.num_steps=$STEPS
       --set=train.eval_every=$(( STEPS / 2 )) --set=train.checkpoint_every=$(( STEPS / 2 ))
       --set=train.eval_batches=8 --set=eval.max_examples=$NTEST --set=eval.save_examples=0
