@@ -41,6 +41,18 @@ AUDIO_KEYS = ("mixture", "reverberant", "direct", "noise", "images", "reverberan
 PER_SOURCE_KEYS = ("azimuth_deg", "distance_m", "drr_db", "speaker_index", "speaker_sex", "f0_hz")
 DYNAMIC_MIXING_STREAM = 7919  # separates the remix random stream from the epoch permutations
 
+# Batch joins: extra per-example arrays keyed by `example_id`, added to every batch (e.g. the
+# stored stage-1 latents of CNUNet-TS, spatialsep_jax/latent_store.py). A factory
+# `factory(config, split, manifest)` returns None (not used by this config) or a picklable
+# join with `signature` {key: (shape with batch dim None, dtype)} and
+# `__call__(example_ids [b]) -> {key: [b, ...]}`. Register with `register_batch_join`.
+BATCH_JOIN_FACTORIES: list = []
+
+
+def register_batch_join(factory) -> None:
+  if factory not in BATCH_JOIN_FACTORIES:
+    BATCH_JOIN_FACTORIES.append(factory)
+
 
 def check_manifest(config, manifest: Mapping[str, Any]) -> None:
   """One-line ValueError when the rendered dataset does not fit ``config.data``."""
@@ -192,6 +204,8 @@ class BatchAssembler:
                         + (["images"] if self.dynamic_mixing else [])
                         + (["direct_targets", "reverberant_targets", "noise_targets"]
                            if self.stored_targets else []))
+    self.joins = [join for join in (factory(config, split, self.manifest)
+                                    for factory in BATCH_JOIN_FACTORIES) if join is not None]
     self._source = None
     shards.keep_freed_memory()  # before the loader's threads start (see there)
     # Opened here, not first in a loader thread, so that a damaged shard is one ShardError
@@ -226,6 +240,8 @@ class BatchAssembler:
     for key in self.metadata_keys:
       shape, dtype = self.spec[key]
       signature[key] = ((None,) + shape, dtype)
+    for join in getattr(self, "joins", ()):
+      signature.update(join.signature)
     return signature
 
   def example_indices(self, batch_number: int) -> np.ndarray:
@@ -238,8 +254,12 @@ class BatchAssembler:
     indices = self.example_indices(int(batch_number))
     records = self.read_records(indices)
     if self.dynamic_mixing:
-      return self._dynamic_mix(records, int(batch_number))
-    return self._stack(records)
+      batch = self._dynamic_mix(records, int(batch_number))
+    else:
+      batch = self._stack(records)
+    for join in self.joins:
+      batch.update(join(batch["example_id"]))
+    return batch
 
   def read_records(self, indices: np.ndarray) -> list[dict[str, np.ndarray]]:
     """Decoded records (views of their bytes) of `indices`, in that order.
@@ -379,7 +399,9 @@ class BatchAssembler:
       snr = 10.0 * np.log10(speech_power / noise_power)
     batch["snr_db"] = np.where(has_noise, snr, np.inf).astype(np.float32)
     signature = self.output_signature()
-    return {key: np.asarray(batch[key], signature[key][1]) for key in signature}
+    joined = {key for join in self.joins for key in join.signature}  # added after this
+    return {key: np.asarray(batch[key], signature[key][1]) for key in signature
+            if key not in joined}
 
 
 class BatchLoader:

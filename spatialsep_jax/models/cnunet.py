@@ -336,3 +336,7 @@ def build(config) -> CNUNet:
 
 __all__ = ["BRANCHES", "CNUNet", "UBlock", "build", "compress", "compressed_stft", "decompress",
            "frame_signal", "hamming", "overlap_add_norm", "resample_frames", "validate"]
+
+
+# The recipe's loss terms register with the model (spectral_terms imports this module's STFT).
+from spatialsep_jax import spectral_terms  # noqa: E402,F401

@@ -1,0 +1,192 @@
+"""CNUNet-TB (seed 003): complex layers against complex numpy, causality of the whole model,
+the authors' parameter counts, the spectral loss against numpy, and a smoke run through the
+generic trainer."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from spatialsep_jax.models import cnunet
+from spatialsep_jax.models import complex_layers as cl
+
+TINY = dict(n_fft=64, hop=32, depths=(2, 1), out_channels=4, mid_channels=2, dense_layers=2,
+            attention_kernel=5, attention_window=8)
+
+
+def _complex_conv_reference(x, w, bias, stride_f, dilation_t, dilation_f):
+  """Brute force: y[t, f, o] = sum_{a, b, c} w[a, b, c, o] x[t - d_t (kt - 1 - a), s f + d_f b
+  - pad, c] + bias[o], complex throughout, zeros outside (causal in time)."""
+  frames, bins, cin = x.shape
+  kt, kf, _, cout = w.shape
+  pad = dilation_f * (kf - 1) // 2
+  out_bins = (bins + 2 * pad - dilation_f * (kf - 1) - 1) // stride_f + 1
+  y = np.zeros((frames, out_bins, cout), np.complex128)
+  for t in range(frames):
+    for f in range(out_bins):
+      acc = np.array(bias, np.complex128)
+      for a in range(kt):
+        source_t = t - dilation_t * (kt - 1 - a)
+        if source_t < 0:
+          continue
+        for b in range(kf):
+          source_f = stride_f * f + dilation_f * b - pad
+          if 0 <= source_f < bins:
+            acc = acc + x[source_t, source_f] @ w[a, b]
+      y[t, f] = acc
+  return y
+
+
+def _as_parts(z):
+  """complex [B, T, F, C] -> [B, T, F, 2, C]."""
+  return jnp.stack([jnp.real(z), jnp.imag(z)], axis=3).astype(jnp.float32)
+
+
+@pytest.mark.parametrize("stride_f,dilation_t,dilation_f", [(1, 1, 1), (2, 1, 1), (1, 2, 2)])
+def test_complex_conv_equals_a_complex_valued_numpy_convolution(stride_f, dilation_t, dilation_f):
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((1, 6, 8, 3)) + 1j * rng.standard_normal((1, 6, 8, 3))
+  layer = cl.PartConv(5, kernel_t=2, kernel_f=3, stride_f=stride_f, dilation_t=dilation_t,
+                      dilation_f=dilation_f)
+  variables = layer.init(jax.random.key(1), _as_parts(x))
+  p = jax.tree.map(np.asarray, variables["params"])
+  y = np.asarray(layer.apply(variables, _as_parts(x)))
+  weight = p["kernel_real"] + 1j * p["kernel_imag"]
+  bias = p["bias"][0] + 1j * p["bias"][1]
+  want = _complex_conv_reference(x[0], weight, bias, stride_f, dilation_t, dilation_f)
+  np.testing.assert_allclose(y[0, ..., 0, :] + 1j * y[0, ..., 1, :], want, atol=2e-5)
+
+
+def test_complex_depthwise_separable_is_the_complex_operator_sr_dr_plus_j_si_di():
+  """re + j im = (Sr o Dr + j Si o Di)(xr + j xi) with complex bias (br - bi) + j (br + bi)."""
+  rng = np.random.default_rng(1)
+  x = rng.standard_normal((1, 7, 8, 3)) + 1j * rng.standard_normal((1, 7, 8, 3))
+  layer = cl.PartDepthwiseSeparable(4, dilation=2)
+  variables = layer.init(jax.random.key(2), _as_parts(x))
+  p = jax.tree.map(np.asarray, variables["params"])
+  y = np.asarray(layer.apply(variables, _as_parts(x)))
+
+  def operator(suffix):   # depthwise as a diagonal complex conv, then pointwise, numpy
+    depth = p[f"depthwise_{suffix}"][:, :, 0, :]                        # [kt, kf, C]
+    diagonal = np.zeros(depth.shape[:2] + (3, 3))
+    for c in range(3):
+      diagonal[:, :, c, c] = depth[:, :, c]
+    spread = _complex_conv_reference(x[0], diagonal, np.zeros(3), 1, 2, 2)
+    return spread @ p[f"pointwise_{suffix}"]
+
+  bias = (p["bias_real"] - p["bias_imag"]) + 1j * (p["bias_real"] + p["bias_imag"])
+  want = operator("real") + 1j * operator("imag") + bias
+  np.testing.assert_allclose(y[0, ..., 0, :] + 1j * y[0, ..., 1, :], want, atol=2e-5)
+
+
+def test_frame_norm_and_causal_running_mean_against_numpy():
+  rng = np.random.default_rng(2)
+  x = rng.standard_normal((2, 5, 4, 2, 3)).astype(np.float32)
+  norm = cl.PartNorm("frame")
+  y = np.asarray(norm.apply(norm.init(jax.random.key(0), x), x))
+  flat = x.transpose(0, 1, 3, 2, 4).reshape(2, 5, 2, 12)
+  want = (flat - flat.mean(-1, keepdims=True)) / np.sqrt(flat.var(-1, keepdims=True) + 1e-8)
+  np.testing.assert_allclose(y.transpose(0, 1, 3, 2, 4).reshape(2, 5, 2, 12), want, atol=1e-5)
+  cumulative = cl.PartNorm("cumulative")
+  y = np.asarray(cumulative.apply(cumulative.init(jax.random.key(0), x), x))
+  for t in range(5):
+    past = flat[:, :t + 1].transpose(0, 2, 1, 3).reshape(2, 2, -1)      # [B, P, (t+1) F C]
+    mean, var = past.mean(-1)[:, :, None], past.var(-1)[:, :, None]
+    want_t = (flat[:, t] - mean) / np.sqrt(var + 1e-8)
+    got_t = y[:, t].transpose(0, 2, 1, 3).reshape(2, 2, 12)
+    np.testing.assert_allclose(got_t, want_t, atol=1e-4)
+
+
+def random_variables(module, mixture, seed=0):
+  """Variables of `module` with every parameter drawn uniformly in +-0.5 (norm gains too):
+  shapes from tracing alone, so no initialiser is compiled."""
+  shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), mixture))
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda s: jnp.asarray(rng.uniform(-0.5, 0.5, s.shape), s.dtype), shapes)
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+  module = cnunet.CNUNet(**TINY, branches="both")
+  mixture = jax.random.normal(jax.random.key(1), (2, 480, 1))
+  return module, random_variables(module, mixture), mixture
+
+
+def test_outputs_up_to_t_ignore_input_after_t(tiny_model):
+  """Changing the input from sample t0 on leaves every output sample t < hop * floor(t0 / hop)
+  - delay unchanged (overlap-add completes a hop `delay` samples late); later ones change."""
+  module, variables, mixture = tiny_model
+  run = jax.jit(lambda v, x: module.apply(v, x)["estimates"][:, 0])
+  before = np.asarray(run(variables, mixture))
+  for t0 in (300, 353):
+    changed = mixture.at[:, t0:].set(jax.random.normal(jax.random.key(t0), (2, 480 - t0, 1)))
+    after = np.asarray(run(variables, changed))
+    boundary = module.hop * (t0 // module.hop) - module.delay
+    np.testing.assert_array_equal(after[:, :boundary], before[:, :boundary])
+    assert np.abs(after[:, boundary:] - before[:, boundary:]).max() > 1e-3
+
+
+def test_parameter_counts_match_the_authors_code_at_their_widths():
+  """SPEC section 4: ~2.98 M two-branch, ~1.80 M single-branch (out_ch 64, mid_ch 32)."""
+  from spatialsep_jax import models
+  module = cnunet.CNUNet(branches="both")
+  shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros((1, 4096, 1))))
+  params = shapes["params"]
+  both = models.count_params(params)
+  # The single-branch model is this one less the mapping branch's modules ("map_*").
+  mask_only = both - models.count_params({k: v for k, v in params.items() if k.startswith("map_")})
+  assert (both, mask_only) == (2_973_120, 1_793_910)
+
+
+def test_compressed_spectral_loss_against_numpy():
+  from spatialsep_jax import spectral_terms
+  rng = np.random.default_rng(3)
+  estimate, target = rng.standard_normal((2, 2, 300)), rng.standard_normal((2, 2, 300))
+  value, _, _ = spectral_terms.compressed_spectral_mse(
+      jnp.asarray(estimate, jnp.float32), jnp.asarray(target, jnp.float32), n_fft=64, hop=32)
+  window = 0.54 - 0.46 * np.cos(2 * np.pi * np.arange(64) / 64)         # periodic Hamming
+
+  def spectrum(wave):   # frame n covers samples [(n + 1) 32 - 64, (n + 1) 32)
+    padded = np.concatenate([np.zeros(32), wave, np.zeros(10 * 32 - 300)])
+    frames = np.stack([padded[n * 32:n * 32 + 64] for n in range(10)])
+    z = np.fft.rfft(frames * window, axis=-1)
+    return np.abs(z) ** 0.2 * np.exp(1j * np.angle(z))
+
+  for b in range(2):
+    e = np.stack([spectrum(w) for w in estimate[b]])
+    r = np.stack([spectrum(w) for w in target[b]])
+    want = (0.1 * (np.mean((e.real - r.real) ** 2) + np.mean((e.imag - r.imag) ** 2))
+            + 0.9 * np.mean((np.abs(e) - np.abs(r)) ** 2))
+    assert float(value[b]) == pytest.approx(want, rel=1e-4)
+
+
+def test_config_errors_name_the_field():
+  from spatialsep_jax import config_checks
+  from spatialsep_jax.configs import cnunet_tb
+  config = cnunet_tb.get_config("smoke")
+  config.model.n_fft = 48
+  with pytest.raises(config_checks.ConfigError, match="config.model.n_fft=48"):
+    config_checks.check_config(config)
+  config = cnunet_tb.get_config("smoke")
+  config.model.depths = (1, 5)
+  with pytest.raises(config_checks.ConfigError, match=r"depths\[1\]=5"):
+    config_checks.check_config(config)
+
+
+def test_smoke_config_trains_through_the_generic_trainer(smoke_dataset, tmp_path):
+  """The two-branch smoke config trains and validates on the shared smoke render (target:
+  talker 0's direct path at the reference mic); its loss is the compressed-spectrum term."""
+  from spatialsep_jax import train
+  from spatialsep_jax.configs import cnunet_tb, ild_ipd
+  from tests.conftest import with_overrides
+  shards, cache = smoke_dataset
+  for module in (cnunet_tb,):
+    config = module.get_config("smoke")
+    config.data = ild_ipd.get_config("smoke").data
+    config.data.input_channels = ("L_tmic",)
+    with_overrides(config, data__shards_dir=shards, data__cache_dir=cache, train__num_steps=2,
+                   train__eval_every=2, train__checkpoint_every=2, train__log_every=1,
+                   train__batch_size=2, train__eval_batches=1)
+    result = train.train_and_evaluate(config, str(tmp_path / config.name), progress=False)
+    assert result["step"] == 2
+    assert np.isfinite(result["last"]["loss/spectral"]) and np.isfinite(result["last"]["val_sisdr"])
