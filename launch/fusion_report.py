@@ -2,6 +2,8 @@
 
   python launch/fusion_report.py --runs=<folder of fusion_<topology>_<encoder> runs> \\
       [--variances=variances.json] > tables.md
+  python launch/fusion_report.py --rows_dir=reports/fusion/rows \\
+      --variances=reports/fusion/variances.json         # the committed study
 
 Per run: means with 95% CIs (Student t over test mixtures) of the per-ear and binaural metrics.
 Paired comparisons (same test mixtures, differences per mixture, then mean and 95% CI): every
@@ -22,6 +24,8 @@ from spatialsep_jax import evaluation, metrics
 FLAGS = flags.FLAGS
 flags.DEFINE_string("runs", "runs/fusion", "folder of run folders")
 flags.DEFINE_string("variances", "", "launch/fusion_probe.py output (optional)")
+flags.DEFINE_string("rows_dir", "", "instead of --runs: a folder of <run>.csv rows files "
+                    "(as committed in reports/fusion/rows)")
 
 TOPOLOGIES = ("independent", "front", "back", "double")
 ENCODERS = ("learned", "stft")
@@ -35,11 +39,15 @@ PAIRED = ("snr_improvement", "sisdr_improvement", "stoi", "better_ear_stoi", "mb
           "delta_ild_db", "ic_noise_error")
 
 
-def _rows(runs: str) -> dict:
+def _rows(runs: str, rows_dir: str = "") -> dict:
   found = {}
-  for path in sorted(glob.glob(os.path.join(runs, "*", "eval", "*", "rows.csv"))):
-    name = path.split(os.sep)[-4]
-    found[name] = {int(r["example_id"]): r for r in evaluation.read_rows(path)}
+  if rows_dir:
+    paths = {os.path.basename(p)[:-4]: p for p in glob.glob(os.path.join(rows_dir, "*.csv"))}
+  else:
+    paths = {p.split(os.sep)[-4]: p
+             for p in glob.glob(os.path.join(runs, "*", "eval", "*", "rows.csv"))}
+  for name in sorted(paths):
+    found[name] = {int(r["example_id"]): r for r in evaluation.read_rows(paths[name])}
   return found
 
 
@@ -132,7 +140,7 @@ def variance_table(path: str) -> str:
 
 def main(argv):
   del argv
-  rows = _rows(FLAGS.runs)
+  rows = _rows(FLAGS.runs, FLAGS.rows_dir)
   print("### Per run (test split, means with 95% CIs)\n")
   print(run_table(rows))
   print("\n### Paired differences (same mixtures; mean and 95% CI of A - B)\n")
