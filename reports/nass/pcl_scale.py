@@ -69,6 +69,7 @@ def main():
       "cos_query_positive_min_mean": [float(jnp.min(cos_qp)), float(jnp.mean(cos_qp))],
       "cos_query_negative_min_mean": [float(jnp.min(cos_qn)), float(jnp.mean(cos_qn))],
       "pcl_value": float(term_value(state.params, "pcl")),
+      "pit_per_example": [float(v) for v in terms["pit"](outputs, batch, jax.random.key(1))[0]],
       "chance_value_log256": float(np.log(256)),
       "grad_norm_by_term": grads,
   }
