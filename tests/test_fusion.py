@@ -1,7 +1,6 @@
 """Binaural fusion models (seed 004): Conv-TasNet sides, Hadamard fusion topologies, the
 interaural loss term, and the fusion configs trained through the trainer."""
 
-import glob
 import os
 
 import jax
@@ -44,6 +43,13 @@ def test_every_topology_maps_two_ears_to_two_ears_with_the_same_parameter_count(
     one_side = models.count_params(jax.eval_shape(side.init, jax.random.key(1),
                                                   mixture[..., 0])["params"])
     assert set(counts.values()) == {2 * one_side}, (encoder, counts)
+  # The registered mono enhancer: one channel in, one estimate out.
+  config = fusion_configs.get_config("smoke")
+  config.model.name, config.data.input_channels = "conv_tasnet", ("L_tmic",)
+  mono = registry.build(config)
+  variables = jax.eval_shape(mono.init, jax.random.key(0), mixture[..., :1])
+  assert jax.eval_shape(mono.apply, variables, mixture[..., :1])["estimates"].shape == (
+      2, 1, LENGTH)
 
 
 def test_independent_topology_is_exactly_two_separate_models():
@@ -60,9 +66,9 @@ def test_independent_topology_is_exactly_two_separate_models():
   # Hadamard products the topology names.
   for topology in ("front", "back", "double"):
     fused = _model(topology)
-    fused_estimates = jax.jit(fused.apply)(variables, mixture)["estimates"]
-    assert np.max(np.abs(np.asarray(fused_estimates) - estimates)) > 1e-4
     stages = jax.jit(lambda v, x: fused.apply(v, x, method="latents"))(variables, mixture)
+    fused_estimates = np.stack([stages[f"{name}/output"] for name in fusion.SIDES], axis=1)
+    assert np.max(np.abs(fused_estimates - estimates)) > 1e-4
     product = stages["left/encoder"] * stages["right/encoder"]
     for name in fusion.SIDES:
       want = product if fusion.fuses_front(topology) else stages[f"{name}/encoder"]
@@ -179,8 +185,8 @@ def test_smoke_configs_train_and_evaluate_binaural_metrics(fusion_shards, tmp_pa
                         train__checkpoint_every=2)
   result = train.train_and_evaluate(config, str(tmp_path / "double"), progress=False)
   assert np.isfinite(result["last"]["val_sisdri"])
-  rows_path, = glob.glob(str(tmp_path / "double" / "eval" / "test-*" / "rows.csv"))
-  rows = evaluation.read_rows(rows_path)
+  summary = evaluation.run_evaluation(config, str(tmp_path / "double"), progress=False)
+  rows = evaluation.read_rows(os.path.join(summary["out_dir"], "rows.csv"))
   assert len(rows) == 2
   for row in rows:
     for column in ("snr_improvement_s0", "snr_improvement_s1", "stoi_s1", "better_ear_stoi",
