@@ -190,3 +190,85 @@ def test_smoke_config_trains_through_the_generic_trainer(smoke_dataset, tmp_path
     result = train.train_and_evaluate(config, str(tmp_path / config.name), progress=False)
     assert result["step"] == 2
     assert np.isfinite(result["last"]["loss/spectral"]) and np.isfinite(result["last"]["val_sisdr"])
+
+
+def test_latent_replication_term_against_numpy():
+  from spatialsep_jax import spectral_terms
+  rng = np.random.default_rng(4)
+  stored = rng.standard_normal((2, 5, 4, 2, 3)) * 3.0 + 1.0
+  latent = rng.standard_normal((2, 5, 4, 2, 3))
+  value, _ = spectral_terms.latent_replication({"latent": jnp.asarray(latent, jnp.float32)},
+                                               {"cnunet_latent": jnp.asarray(stored)}, None)
+  for b in range(2):
+    parts = []
+    for p in range(2):
+      s = stored[b, :, :, p]
+      parts.append((s - s.mean()) / np.sqrt(s.var() + 1e-8))
+    target = np.stack(parts, axis=2)
+    assert float(value[b]) == pytest.approx(np.mean((latent[b] - target) ** 2), rel=1e-5)
+
+
+def test_stored_latents_join_training_batches_by_example_id(smoke_dataset, tmp_path):
+  """Stage 2's loader hook: batch["cnunet_latent"][i] is row example_id[i] of the file."""
+  from data_pipeline import loader as loader_lib
+  from spatialsep_jax import latent_store
+  from spatialsep_jax.configs import cnunet_tb_ts, ild_ipd
+  shards, cache = smoke_dataset
+  config = cnunet_tb_ts.get_config("smoke")
+  config.data = ild_ipd.get_config("smoke").data
+  config.data.shards_dir, config.data.cache_dir = shards, cache
+  config.data.cnunet_latents = str(tmp_path)
+  for split, count in (("train", 16), ("val", 8)):
+    rows = np.arange(count, dtype=np.float16)[:, None, None, None, None] * np.ones((1, 3, 2, 2, 4))
+    np.save(latent_store.latent_file(str(tmp_path), split), rows.astype(np.float16))
+  batch = next(iter(loader_lib.make_loader(config, shards, "train", train=True, batch_size=4,
+                                           process_index=0, process_count=1)))
+  assert batch["cnunet_latent"].shape == (4, 3, 2, 2, 4)
+  np.testing.assert_array_equal(batch["cnunet_latent"][:, 0, 0, 0, 0], batch["example_id"])
+  np.save(latent_store.latent_file(str(tmp_path), "train"), np.zeros((5, 3, 2, 2, 4), np.float16))
+  with pytest.raises(ValueError, match="holds 5 latents but the train split has 16"):
+    loader_lib.make_loader(config, shards, "train", train=True, batch_size=4,
+                           process_index=0, process_count=1)
+
+
+def _toy_teacher(wave):
+  """A frozen stand-in teacher for the fusion path: frame energies, [B, L] -> [B, L / 80, 3]."""
+  frames = wave[:, :wave.shape[1] // 80 * 80].reshape(wave.shape[0], -1, 80)
+  energy = jnp.log(jnp.mean(frames**2, axis=-1) + 1e-6)
+  return jnp.stack([energy, energy**2, jnp.ones_like(energy)], axis=-1)
+
+
+def test_stage_one_fuses_the_teacher_of_the_clean_target():
+  module = cnunet.CNUNet(**TINY, teacher_dim=3, teacher=_toy_teacher)
+  mixture = jax.random.normal(jax.random.key(1), (2, 320, 1))
+  variables = random_variables(module, mixture)        # init without references: placeholder
+  assert "fusion_0" in variables["params"] and "fusion_1" in variables["params"]
+  run = jax.jit(lambda v, x, s: module.apply(v, x, False, {"sources": s}))
+  clean = jax.random.normal(jax.random.key(2), (2, 1, 320))
+  first = run(variables, mixture, clean)
+  other = run(variables, mixture, 2.0 * clean[:, :, ::-1])
+  assert first["latent"].shape == (2, 320 // 32 + 1, 8, 2, 4)
+  assert np.abs(np.asarray(first["latent"] - other["latent"])).max() > 1e-3
+  with pytest.raises(ValueError, match="stage-1 model"):
+    module.apply(variables, mixture)
+
+
+def test_substitute_teacher_trains_saves_and_loads(smoke_dataset, tmp_path):
+  """Masked-frame pretraining on clean speech runs, and the saved teacher reproduces the
+  trained encoder's embeddings."""
+  from spatialsep_jax import teachers
+  from spatialsep_jax.configs import cnunet_tb_stage1, ild_ipd
+  shards, cache = smoke_dataset
+  config = cnunet_tb_stage1.get_config("smoke")
+  config.data = ild_ipd.get_config("smoke").data
+  settings = teachers.SubstituteSettings(n_fft=128, hop=80, dim=8, layers=2, kernel=3)
+  path = str(tmp_path / "teacher.npz")
+  history = teachers.train_substitute(config, shards, path, steps=3, batch_size=4,
+                                      settings=settings, log_every=1)
+  assert len(history) == 3 and all(np.isfinite(loss) for _, loss in history)
+  params, loaded, info = teachers.load_substitute(path)
+  assert loaded == settings and "WavLM" in info["not"]
+  config.model.teacher_path = path
+  embed, dim = teachers.load(config)
+  wave = jnp.asarray(np.random.default_rng(0).standard_normal((2, 8000)), jnp.float32)
+  assert dim == 8 and embed(wave).shape == (2, 8000 // 80 + 1, 8)

@@ -161,6 +161,9 @@ class CNUNet(nn.Module):
   def _teacher_embedding(self, references, train):
     if not self.teacher_dim:
       return None
+    if references is None and self.is_initializing():
+      # init sees no batch: the fusion parameters are built on a placeholder embedding.
+      return jnp.zeros((1, 1, self.teacher_dim), jnp.float32)
     if references is None or "sources" not in references:
       raise ValueError("this CNUNet is a stage-1 model (model.teacher set): it reads the clean "
                        "target, so call it with references={'sources': [B, S, T]} (training "
@@ -250,6 +253,7 @@ class CNUNet(nn.Module):
     """Stage 1: per part, [flatten(bins x channels), teacher] -> 1x1 -> norm -> reshape."""
     batch, frames, bins, parts, channels = h.shape
     embedding = resample_frames(embedding.astype(h.dtype), frames)               # [B, N, D]
+    embedding = jnp.broadcast_to(embedding, (batch,) + embedding.shape[1:])
     fused = []
     for part in range(parts):
       joined = jnp.concatenate([h[:, :, :, part].reshape(batch, frames, bins * channels),
@@ -323,7 +327,12 @@ def _fields(config) -> dict:
       attention_window=int(m.attention_window), reference_channel=int(m.reference_channel))
 
 
-@registry.register("cnunet", validate=validate)
+def _train_inputs(config):
+  """Stage 1 reads the clean target (its teacher's input) in training and validation."""
+  return ("sources",) if config.model.get("teacher", "") else ()
+
+
+@registry.register("cnunet", validate=validate, train_inputs=_train_inputs)
 def build(config) -> CNUNet:
   fields = _fields(config)
   teacher_name = config.model.get("teacher", "")
@@ -340,3 +349,5 @@ __all__ = ["BRANCHES", "CNUNet", "UBlock", "build", "compress", "compressed_stft
 
 # The recipe's loss terms register with the model (spectral_terms imports this module's STFT).
 from spatialsep_jax import spectral_terms  # noqa: E402,F401
+# Stage 2's stored latents join the batches through the loader hook registered here.
+from spatialsep_jax import latent_store  # noqa: E402,F401
