@@ -187,6 +187,9 @@ def bench_step_cost(base_arg: str, workdir: str) -> None:
                  (batch_size, samples, len(config.data.input_channels)), jnp.float32),
              "sources": jax.ShapeDtypeStruct(
                  (batch_size, config.data.num_sources, samples), jnp.float32)}
+    # the other keys a step may read (noise-aware terms, SI-SDRi baseline), as bench_step feeds
+    batch.update({key: jax.ShapeDtypeStruct((batch_size, samples), jnp.float32)
+                  for key in ("noise", "mixture_reference") if key in programs.step_keys})
     cost = programs.train_step.lower(state, batch).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     _record(workdir, {"benchmark": "step_cost", "config": name, "variant": base_arg,
