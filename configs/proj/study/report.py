@@ -52,7 +52,12 @@ def _efficiency(config_dict: dict) -> tuple[int, float]:
   import ml_collections
   from spatialsep_jax import models
   config = ml_collections.ConfigDict(config_dict)
-  params = models.count_params(models.abstract_params(models.build(config), 8000))
+  import jax
+  import jax.numpy as jnp
+  model = models.build_model(config)
+  mixture = jnp.zeros((1, int(config.data.sample_rate), model.num_input_channels))
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), mixture))
+  params = models.count_params(variables["params"])
   return params, models.flops_per_second_of_audio(config) / 1e9
 
 
@@ -97,7 +102,8 @@ def build_report(root: str, out_dir: str, names: list[str], variant: str = "",
     best = run["train"].get("best", {})
     lines.append(
         f"| {name} | {', '.join(cfg['data']['input_channels'])} | "
-        f"{', '.join(cfg['model']['features']) or '-'} | {cfg['model']['fusion']} | {params:,} | "
+        f"{', '.join(cfg['model'].get('features', ())) or '-'} | "
+        f"{cfg['model'].get('fusion', cfg['model']['name'])} | {params:,} | "
         f"{gflops:.2f} | {run['train'].get('step', 'n/a')} | "
         f"{best.get('val_sisdri', float('nan')):.2f} | {_fmt(overall.get('sisdr_improvement'))} | "
         f"{_fmt(overall.get('sdr_improvement'))} | {_fmt(overall.get('stoi_improvement'), 3)} | "
