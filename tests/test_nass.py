@@ -251,8 +251,8 @@ def test_chunking_round_trip_and_inference_without_the_head():
   mixture = jnp.zeros((1, 800, 1))
   variables = model.init(jax.random.key(0), mixture)
   assert "pcl_head" in variables["params"]
-  estimates = model.estimates({"params": contrastive.inference_params(variables["params"])},
-                              mixture)
+  estimates = jax.jit(model.estimates)(
+      {"params": contrastive.inference_params(variables["params"])}, mixture)
   assert estimates.shape == (1, 3, 800)
 
 
