@@ -9,6 +9,8 @@
 #   variants  ild_ipd step per speed variant (MODEL_SETS, ';'-separated), + real loader, profiles
 #   latency   forward latency of every configuration, batch 1
 #   accuracy  mono trained ACC_STEPS steps in float32 and bfloat16 side by side (val SI-SDRi)
+#   kernel_accuracy  ild_ipd:gpu (bf16) trained ACC_STEPS steps with the XLA U-ConvBlock and
+#             with model.uconv_impl=pallas side by side, same seed, data and batch order
 #   kernels   the Pallas U-ConvBlock kernels on the GPU against XLA (errors of values and
 #             gradients vs float32, fwd + bwd times per tile shape; benchmark.py --what=uconv_kernels)
 #   scaling   ild_ipd step + real loader on 1 GPU, then on every GPU: 16 per GPU, and global 64
@@ -46,6 +48,15 @@ run_stage() {
 # Rendered data is needed by the loader-fed timings, the accuracy runs and the scaling stage.
 if [[ "${E2E_STEPS:-40}" != 0 ]] || has accuracy || has scaling; then
   stamp render; python3 launch/render.py --config=configs/mono.py:gpu $DATA 2>&1 | tail -2
+fi
+if has kernel_accuracy; then
+  stamp kernel_accuracy
+  for impl in xla pallas; do
+    XLA_PYTHON_CLIENT_MEM_FRACTION=0.4 run_stage 300 python3 launch/train.py --config=configs/ild_ipd.py:gpu $DATA --workdir=/tmp/kacc_$impl \
+      --config.model.uconv_impl=$impl --config.train.num_steps=${ACC_STEPS:-200} --config.train.eval_every=$(( ${ACC_STEPS:-200} / 2 )) \
+      --config.train.eval_batches=8 --config.eval.after_training=False --config.eval.compare_pretrained=False >/tmp/kacc_$impl.log 2>&1 &
+  done
+  wait; for impl in xla pallas; do mkdir -p $W/kacc_$impl; cp /tmp/kacc_$impl/logs/metrics.jsonl /tmp/kacc_$impl/train_summary.json $W/kacc_$impl/ 2>/dev/null; grep -i "val\|error" /tmp/kacc_$impl.log | tail -4; done
 fi
 if has kernels; then
   stamp kernels; run_stage 240 python3 launch/benchmark.py --what=uconv_kernels --workdir=$W
