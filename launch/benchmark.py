@@ -194,7 +194,8 @@ def bench_step_cost(base_arg: str, workdir: str) -> None:
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     _record(workdir, {"benchmark": "step_cost", "config": name, "variant": base_arg,
                       "batch_size": batch_size, "dtype": config.model.dtype,
-                      "model_overrides": model_set, "scan_blocks": bool(config.model.scan_blocks),
+                      "model_overrides": model_set,
+                      "scan_blocks": bool(config.model.get("scan_blocks", False)),
                       "bytes_accessed_gb": float(cost.get("bytes accessed", float("nan"))) / 1e9,
                       "gflops": float(cost.get("flops", float("nan"))) / 1e9})
 
