@@ -27,7 +27,7 @@ STAGES=${STAGES:-mono torch variants latency accuracy}
 # every block's activations kept, and the scanned layout (fast compile, low memory).
 MODEL_SETS=${MODEL_SETS:-";remat=none;scan_blocks=True,remat=dots,remat_blocks=-1"}
 DEADLINE=${DEADLINE:-570}   # seconds this call may use; a stage gets at most what is left
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site ${WHEELS:-.whl}/*.whl || exit 1
 # Compiling the unrolled 16-block models takes XLA ~45 s per program on this host: programs
 # compiled by one process are reused by the next through the persistent cache.
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 JAX_COMPILATION_CACHE_DIR=/tmp/jax_cache
