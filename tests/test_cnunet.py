@@ -272,3 +272,12 @@ def test_substitute_teacher_trains_saves_and_loads(smoke_dataset, tmp_path):
   embed, dim = teachers.load(config)
   wave = jnp.asarray(np.random.default_rng(0).standard_normal((2, 8000)), jnp.float32)
   assert dim == 8 and embed(wave).shape == (2, 8000 // 80 + 1, 8)
+
+
+def test_initialiser_is_uniform_in_the_torch_bound_and_depends_on_the_key():
+  init = cl._torch_uniform(16)
+  first = np.asarray(init(jax.random.key(0), (64, 64)))
+  second = np.asarray(init(jax.random.key(1), (64, 64)))
+  assert np.abs(first).max() <= 0.25 and abs(first.mean()) < 0.01
+  assert first.std() == pytest.approx(0.25 / np.sqrt(3), rel=0.03)   # U(-b, b): b / sqrt(3)
+  assert abs(np.corrcoef(first.ravel(), second.ravel())[0, 1]) < 0.06    # 4 sigma at n = 4096

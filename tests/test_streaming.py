@@ -8,7 +8,7 @@ import pytest
 from spatialsep_jax import streaming
 from spatialsep_jax.models import cnunet
 
-TINY = dict(n_fft=64, hop=32, depths=(2, 1), out_channels=4, mid_channels=2, dense_layers=2,
+TINY = dict(n_fft=64, hop=32, depths=(1, 1), out_channels=4, mid_channels=2, dense_layers=1,
             attention_kernel=5, attention_window=8)
 
 
