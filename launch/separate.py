@@ -25,7 +25,33 @@ flags.DEFINE_string("out", None, "output folder (default: next to each input)")
 flags.DEFINE_integer("batch_size", 4, "chunks separated at once")
 flags.DEFINE_bool("all_outputs", False, "write every output of the model, the extra ones too "
                   "(a noise-aware model's noise estimate), as _talker<k>.wav")
+flags.DEFINE_bool("stream", False, "causal models with a streaming core (CNUNet): process the "
+                  "file hop by hop with carried state instead of in chunks (equals the offline "
+                  "output; spatialsep_jax/streaming.py)")
+flags.DEFINE_integer("stream_hops", 1, "hops per streaming call (--stream)")
 FLAGS = flags.FLAGS
+
+
+def stream_file(separator, path: str, out_dir: str) -> list[str]:
+  """--stream: the whole file through `streaming.enhance` in pieces of --stream_hops hops."""
+  from data_pipeline import corpus_base
+  from spatialsep_jax import inference, streaming
+  from spatialsep_jax.separator import write_streams
+  if not hasattr(separator.module, "core"):
+    raise ValueError(f"--stream needs a causal model with a streaming core (CNUNet); "
+                     f"{separator.source} has none: leave --stream out")
+  audio, rate, subtype = inference.read_audio(path)
+  inference.check_finite(audio, path)
+  audio = inference.select_channels(audio, separator.input_channels, path)
+  model_rate = separator.sample_rate
+  if rate != model_rate:
+    audio = corpus_base.resample(audio, rate, model_rate, what=path)
+  enhanced = streaming.enhance(separator.module, separator.variables, audio[None],
+                               hops_per_call=FLAGS.stream_hops)
+  if rate != model_rate:
+    enhanced = corpus_base.resample(enhanced[0], model_rate, rate, what="the output")[None]
+  stem = os.path.splitext(os.path.basename(path))[0]
+  return write_streams(enhanced, rate, out_dir, stem, subtype)
 
 
 def load_separator(config=None):
@@ -60,7 +86,9 @@ def main(argv):
   print(f"separating with {separator.source} ({separator.num_sources} talkers, "
         f"{separator.sample_rate} Hz, channels {', '.join(separator.input_channels)})")
   for path in inputs:
-    for target in separator.separate_file(path, out_dirs[path]):
+    targets = (stream_file(separator, path, out_dirs[path]) if FLAGS.stream
+               else separator.separate_file(path, out_dirs[path]))
+    for target in targets:
       print(target)
 
 

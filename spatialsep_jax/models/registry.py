@@ -100,6 +100,7 @@ def _import_builtin_models():
   from spatialsep_jax.models import deep_clustering, sudormrf_system  # noqa: F401
   from spatialsep_jax.models import conv_tasnet, fusion  # noqa: F401
   from spatialsep_jax.models import dual_path  # noqa: F401
+  from spatialsep_jax.models import cnunet  # noqa: F401
 
 
 @dataclasses.dataclass(frozen=True)
