@@ -87,9 +87,12 @@ def cnunet_config(rung: str, arg: str = ""):
   ev.baseline = "mixture_reference"
   ev.oracles = ()
   ev.vocoder = False
-  ev.metrics = ("sisdr", "stoi", "estoi", "pesq")
+  ev.metric_modules = ("spatialsep_jax.quality_metrics",)
+  # + "dnsmos" where speechmos and onnxruntime are installed (the `quality` extra)
+  ev.metrics = ("sisdr", "stoi", "estoi", "pesq", "segsnr", "composite")
 
   if size == "smoke":
+    ev.metrics = ("sisdr", "stoi", "segsnr")
     data.sample_rate = 8000
     data.segment_seconds = 1.0
     model.n_fft = 64
