@@ -1,6 +1,7 @@
 """SuDoRM-RF: parameter counts, shapes per input configuration, layers against
 brute-force numpy (PyTorch conv semantics), depthwise impls, dtypes, jit."""
 
+import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -285,6 +286,23 @@ def _unrolled_to_scanned(params, num_blocks):
   return scanned
 
 
+def _speed_loss(module, params, mixture):
+  return jnp.mean(jnp.sin(module.apply({"params": params}, mixture)))
+
+
+@functools.lru_cache(maxsize=1)
+def _speed_reference():
+  """The default path's (config, mixture, params, (loss, gradients)), compiled once for all
+  speed variants."""
+  config = make_config(TWO, ("ipd",))
+  config.model.num_blocks = 2
+  model = models.build(config)
+  mixture = jax.random.normal(jax.random.key(4), (2, 240, 2))
+  params = random_params(model, 240)
+  reference = jax.jit(jax.value_and_grad(lambda p: _speed_loss(model, p, mixture)))(params)
+  return config, mixture, params, reference
+
+
 @pytest.mark.parametrize("overrides", [dict(norm_impl="fused"), dict(remat="block"),
                                        dict(scan_blocks=True, remat="dots"),
                                        dict(norm_impl="fused", scan_blocks=True, remat="dots"),
@@ -294,20 +312,15 @@ def _unrolled_to_scanned(params, num_blocks):
                                             remat="block", remat_blocks=1)])
 def test_speed_variants_compute_the_same_function(overrides):
   """Fused norms, rematerialisation and scanned blocks change speed and memory only."""
-  config = make_config(TWO, ("ipd",))
-  config.model.num_blocks = 2
-  model = models.build(config)
-  mixture = jax.random.normal(jax.random.key(4), (2, 240, 2))
-  params = random_params(model, 240)
+  config, mixture, params, (want_value, want_grads) = _speed_reference()
   variant = config.copy_and_resolve_references()
   variant.model.update(overrides)
   other = models.build(variant)
   other_params = (_unrolled_to_scanned(params, 2) if overrides.get("scan_blocks") else params)
   assert jax.tree_util.tree_structure(other_params) == jax.tree_util.tree_structure(
       jax.eval_shape(other.init, jax.random.key(0), mixture)["params"])
-  loss = lambda m, p: jnp.mean(jnp.sin(m.apply({"params": p}, mixture)))
-  want_value, want_grads = jax.jit(jax.value_and_grad(lambda p: loss(model, p)))(params)
-  got_value, got_grads = jax.jit(jax.value_and_grad(lambda p: loss(other, p)))(other_params)
+  got_value, got_grads = jax.jit(jax.value_and_grad(
+      lambda p: _speed_loss(other, p, mixture)))(other_params)
   np.testing.assert_allclose(got_value, want_value, rtol=1e-4)
   if overrides.get("scan_blocks"):
     got_grads = {**{k: v for k, v in got_grads.items() if k != "blocks"},
