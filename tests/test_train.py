@@ -23,20 +23,24 @@ def _losses(workdir):
           if "loss" in row}
 
 
-def _config(smoke_dataset, **overrides):
+def _config(smoke_dataset, module=mono, **overrides):
+  """A `:smoke` run config; the one-channel model unless a test needs the features path (it
+  compiles in a fraction of the time, and the schedule/checkpoint logic is the same)."""
   shards, cache = smoke_dataset
   defaults = dict(train__log_every=1, train__eval_every=3, train__checkpoint_every=3,
                   optim__decay_every_steps=2)
-  return smoke_config(ild_ipd, shards, cache, **{**defaults, **overrides})
+  return smoke_config(module, shards, cache, **{**defaults, **overrides})
 
 
 def test_resumed_run_continues_like_an_uninterrupted_one(smoke_dataset, tmp_path):
   straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
-  result = train.train_and_evaluate(_config(smoke_dataset, train__num_steps=6), straight,
-                                    progress=False)
+  result = train.train_and_evaluate(_config(smoke_dataset, ild_ipd, train__num_steps=6),
+                                    straight, progress=False)
   assert result["step"] == 6 and np.isfinite(result["best"]["val_loss"])
-  train.train_and_evaluate(_config(smoke_dataset, train__num_steps=3), resumed, progress=False)
-  train.train_and_evaluate(_config(smoke_dataset, train__num_steps=6), resumed, progress=False)
+  train.train_and_evaluate(_config(smoke_dataset, ild_ipd, train__num_steps=3), resumed,
+                           progress=False)
+  train.train_and_evaluate(_config(smoke_dataset, ild_ipd, train__num_steps=6), resumed,
+                           progress=False)
   a, b = _losses(straight), _losses(resumed)
   assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]
   np.testing.assert_allclose([b[s] for s in (4, 5, 6)], [a[s] for s in (4, 5, 6)], rtol=1e-6)
