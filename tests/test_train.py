@@ -93,7 +93,7 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes(smoke_dataset, tmp_pat
 
 def test_nonfinite_step_is_skipped_and_counted(smoke_dataset):
   # Random targets sit below -30 dB SI-SDR, where the study's clamp zeroes the gradient.
-  config = _config(smoke_dataset, loss__terms__pit__clamp_db=1000.0)
+  config = _config(smoke_dataset, ild_ipd, loss__terms__pit__clamp_db=1000.0)
   programs = train.build_programs(config)
   state = programs.init(jax.random.key(0))
   params_before = jax.tree.map(np.array, jax.device_get(state.params))  # copies: steps donate
@@ -257,7 +257,7 @@ def _best_step_on_disk(workdir, config):
 def test_best_and_latest_agree_after_a_kill_between_the_two_saves(smoke_dataset, tmp_path, lost):
   import shutil
   workdir = str(tmp_path / "run")
-  config = _config(smoke_dataset, train__num_steps=6, train__eval_every=2,
+  config = _config(smoke_dataset, ild_ipd, train__num_steps=6, train__eval_every=2,
                    train__checkpoint_every=4, train__keep_best=5)
   straight = train.train_and_evaluate(config, workdir, progress=False)
   # The kill between saving latest/6 and best/6 (best lost), or between best/6 and a
