@@ -121,6 +121,8 @@ def get_base_config(variant: str = "") -> ml_collections.ConfigDict:
 
   # ---------------------------------------------------------------- optimiser
   optim = config.optim = ml_collections.ConfigDict()
+  optim.name = "adam"                 # adam | adamw (decoupled weight decay)
+  optim.weight_decay = 0.0            # adamw only (the CNUNet seed: 0.02)
   optim.learning_rate = 1e-3
   optim.decay_every_steps = 0         # StepLR; 0 = derive from train.num_steps
   optim.decay_factor = 0.2

@@ -75,11 +75,21 @@ def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
       decay_rate=schedule["decay_factor"], staircase=True)
 
 
+OPTIMIZERS = ("adam", "adamw")
+
+
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """Adam with global-norm clipping; non-finite updates are skipped and counted."""
-  inner = optax.chain(
-      optax.clip_by_global_norm(config.optim.clip_norm),
-      optax.adam(learning_rate_schedule(config)))
+  """Adam (or AdamW with `optim.weight_decay`, decoupled as in torch.optim.AdamW) with
+  global-norm clipping; non-finite updates are skipped and counted."""
+  name = config.optim.get("name", "adam")
+  if name not in OPTIMIZERS:
+    raise ValueError(f"optim.name={name!r} is not one of {OPTIMIZERS}; set --config.optim.name")
+  schedule = learning_rate_schedule(config)
+  if name == "adamw":
+    base = optax.adamw(schedule, weight_decay=float(config.optim.get("weight_decay", 0.01)))
+  else:
+    base = optax.adam(schedule)
+  inner = optax.chain(optax.clip_by_global_norm(config.optim.clip_norm), base)
   # The host stops the run after `max_consecutive_nonfinite`; optax's own limit is set
   # out of reach so a bad update is never let through.
   return optax.apply_if_finite(inner, max_consecutive_errors=2**30)
@@ -307,6 +317,10 @@ def config_fingerprint(config) -> str:
   relevant = {k: config[k].to_dict() for k in ("data", "model", "loss")}
   relevant["optim"] = {k: v for k, v in config.optim.to_dict().items()
                        if k != "decay_every_steps"}
+  # Added with AdamW: at their defaults they leave the fingerprints of earlier runs unchanged.
+  if relevant["optim"].get("name", "adam") == "adam" and not relevant["optim"].get("weight_decay"):
+    relevant["optim"].pop("name", None)
+    relevant["optim"].pop("weight_decay", None)
   for field in dataset.RESULT_NEUTRAL_FIELDS:
     relevant["data"].pop(field, None)
   relevant["data"] = dataset.identity_data(relevant["data"])  # noise fields a config leaves unused

@@ -267,3 +267,19 @@ def test_best_and_latest_agree_after_a_kill_between_the_two_saves(smoke_dataset,
   assert again["best"]["step"] == straight["best"]["step"]
   assert _best_step_on_disk(workdir, config) == again["best"]["step"]
   assert again["best"]["val_loss"] == pytest.approx(straight["best"]["val_loss"], rel=1e-6)
+
+
+def test_adamw_decays_weights_decoupled_from_the_gradient():
+  """One AdamW step with a zero gradient: Adam's update is 0, so w <- w (1 - lr wd); a
+  nonzero gradient adds Adam's first step -lr sign(g) (m/sqrt(v) = g/|g| at step 1)."""
+  config = mono.get_config("smoke")
+  config.optim.name, config.optim.weight_decay, config.optim.learning_rate = "adamw", 0.02, 1e-2
+  optimizer = train.make_optimizer(config)
+  params = {"w": np.array([1.0, -2.0, 0.5], np.float32)}
+  grads = {"w": np.array([0.0, 3.0, -1e-3], np.float32)}
+  updates, _ = optimizer.update(grads, optimizer.init(params), params)
+  expected = -1e-2 * 0.02 * params["w"] - 1e-2 * np.sign(grads["w"]) * (np.abs(grads["w"]) > 0)
+  np.testing.assert_allclose(updates["w"], expected, rtol=1e-4, atol=1e-7)
+  config.optim.name = "sgd"
+  with pytest.raises(ValueError, match="optim.name='sgd'"):
+    train.make_optimizer(config)
