@@ -9,8 +9,9 @@
 #   variants  ild_ipd step per speed variant (MODEL_SETS, ';'-separated), + real loader, profiles
 #   latency   forward latency of every configuration, batch 1
 #   accuracy  mono trained ACC_STEPS steps in float32 and bfloat16 side by side (val SI-SDRi)
-#   kernel_accuracy  ild_ipd:gpu (bf16) trained ACC_STEPS steps with the XLA U-ConvBlock and
-#             with model.uconv_impl=pallas side by side, same seed, data and batch order
+#   kernel_accuracy  ild_ipd:gpu (bf16) trained ACC_STEPS steps with the XLA U-ConvBlock, then
+#             with model.uconv_impl=pallas, same seed, data and batch order; each scored on
+#             the same ACC_TEST test mixtures (launch/kernel_accuracy.py pairs them)
 #   kernels   the Pallas U-ConvBlock kernels on the GPU against XLA (errors of values and
 #             gradients vs float32, fwd + bwd times per tile shape; benchmark.py --what=uconv_kernels)
 #   scaling   ild_ipd step + real loader on 1 GPU, then on every GPU: 16 per GPU, and global 64
@@ -50,13 +51,22 @@ if [[ "${E2E_STEPS:-40}" != 0 ]] || has accuracy || has scaling; then
   stamp render; python3 launch/render.py --config=configs/mono.py:gpu $DATA 2>&1 | tail -2
 fi
 if has kernel_accuracy; then
-  stamp kernel_accuracy
-  for impl in xla pallas; do
-    XLA_PYTHON_CLIENT_MEM_FRACTION=0.4 run_stage 300 python3 launch/train.py --config=configs/ild_ipd.py:gpu $DATA --workdir=/tmp/kacc_$impl \
-      --config.model.uconv_impl=$impl --config.train.num_steps=${ACC_STEPS:-200} --config.train.eval_every=$(( ${ACC_STEPS:-200} / 2 )) \
-      --config.train.eval_batches=8 --config.eval.after_training=False --config.eval.compare_pretrained=False >/tmp/kacc_$impl.log 2>&1 &
+  # One after the other (side by side, both stalled after their first step in an earlier
+  # call); each evaluates its best checkpoint on the same ACC_TEST test mixtures (SI-SDR, SDR),
+  # so the two can be compared example by example (launch/kernel_accuracy.py).
+  ACC_DATA="${DATA/num_examples.test=16/num_examples.test=${ACC_TEST:-256}}"
+  for impl in ${ACC_IMPLS:-xla pallas}; do
+    stamp "kernel_accuracy $impl"
+    run_stage ${ACC_LIMIT:-240} python3 launch/train.py --config=configs/ild_ipd.py:gpu $ACC_DATA --workdir=/tmp/kacc_$impl \
+      --config.model.uconv_impl=$impl --config.train.num_steps=${ACC_STEPS:-400} --config.train.eval_every=$(( ${ACC_STEPS:-400} / 4 )) \
+      --config.train.checkpoint_every=$(( ${ACC_STEPS:-400} / 4 )) --config.train.eval_batches=8 --config.eval.compare_pretrained=False \
+      "--config.eval.metrics=('sisdr','sdr')" "--config.eval.oracles=()" --config.eval.vocoder=False --config.eval.save_examples=0 \
+      --config.eval.max_examples=0 > /tmp/kacc_$impl.log 2>&1
+    mkdir -p $W/kacc_$impl
+    cp /tmp/kacc_$impl/logs/metrics.jsonl /tmp/kacc_$impl/train_summary.json $W/kacc_$impl/ 2>/dev/null
+    cp /tmp/kacc_$impl/eval/test-best-*/rows.csv /tmp/kacc_$impl/eval/test-best-*/summary.json $W/kacc_$impl/ 2>/dev/null
+    grep -i "step \|val\|error\|Traceback" /tmp/kacc_$impl.log | tail -12
   done
-  wait; for impl in xla pallas; do mkdir -p $W/kacc_$impl; cp /tmp/kacc_$impl/logs/metrics.jsonl /tmp/kacc_$impl/train_summary.json $W/kacc_$impl/ 2>/dev/null; grep -i "val\|error" /tmp/kacc_$impl.log | tail -4; done
 fi
 if has kernels; then
   stamp kernels; run_stage 240 python3 launch/benchmark.py --what=uconv_kernels --workdir=$W
