@@ -6,7 +6,11 @@
             ``baseline`` = the same backbone with C outputs, PIT over the talkers, no PCL;
             ``nopcl`` = the noise output without the contrastive term;
   ablation  (of the PCL, SPEC.md section 3) ``lambda1`` (weight 1 instead of 2), ``m1`` (one
-            negative per query instead of all 256), ``n2s`` (direction noise -> speech).
+            negative per query instead of all 256), ``n2s`` (direction noise -> speech);
+            ``pclnorm`` (a project option, not the seed's): the PCL term's
+            input_norm="standardize", each map's K sampled values standardised (statistics
+            under stop-gradient) before the sampler's MLP, which the seed's scale leaves
+            degenerate at short budgets (spatialsep_jax/contrastive.py).
 Every variant of one backbone renders and reads the same noisy data (the data section does not
 depend on the system tokens), so a baseline and its NASS run are paired example by example.
 """
@@ -17,7 +21,7 @@ from spatialsep_jax.configs import base
 
 SIZES = ("smoke", "gpu")
 SYSTEMS = ("baseline", "nopcl")
-ABLATIONS = ("lambda1", "m1", "n2s")
+ABLATIONS = ("lambda1", "m1", "n2s", "pclnorm")
 # The seed's Libri2Mix-noisy / WHAM! conditions span about -6..+3 dB speech-to-noise.
 SNR_DB_RANGE = (-6.0, 3.0)
 MIC_SETS = {"mono": ("L_tmic",), "bi": ("L_tmic", "R_tmic")}
@@ -73,6 +77,9 @@ def nass_system(config, system: str, ablations, mics: str) -> None:
                     "num_positions": 256, "temperature": 0.07,
                     "num_negatives": 1 if "m1" in ablations else 0,
                     "direction": "n->s" if "n2s" in ablations else "s->n"}
+    if "pclnorm" in ablations:
+      # Only set with the token: the seed's configs (and their fingerprints) stay as they were.
+      terms["pcl"]["input_norm"] = "standardize"
   config.loss.terms = ml_collections.ConfigDict(terms)
 
 

@@ -6,14 +6,21 @@ the paired baseline-vs-NASS report.
       --out=pretrained/nass_sudormrf_mono [--set=data.num_examples.train=2000 ...]
   python launch/nass_tools.py report --runs=/tmp/nass --pairs=nass_sudormrf_mono:nass_sudormrf_mono_baseline,... \
       --out=reports/nass/results.md
+  python launch/nass_tools.py report --runs=/tmp/nass_pcl --pairs=call2 --bench=/tmp/nass_pcl/bench
 
 `export` writes the agreed pretrained format (launch/export_pretrained.py's) of the run's
 config with `model.pcl_head=False`: the same function of the mixture, without the head's
 parameters (they only score training representations) and without train inputs, so
 `launch/separate.py --pretrained=<folder>` loads it like any shipped model.
-`report` pairs two runs' test rows by example_id and gives the mean NASS - baseline difference
-of SI-SNRi (= SI-SDRi, zero-mean) and SDRi with a 95% Student-t CI, overall, by SNR bin and by
-talker separation.
+`report` pairs two runs' test rows (A:B, folders in --runs) by example_id and gives the mean
+A - B difference of SI-SNRi (= SI-SDRi, zero-mean) and SDRi with a 95% Student-t CI of the
+paired difference, overall, by SNR bin and by talker separation; `--pairs=call2` names the
+pairs of launch/nass_device_pcl.sh (NASS - baseline, nopcl - baseline, NASS - nopcl,
+pclnorm - NASS, pclnorm - baseline, dual-path NASS - baseline). It also tabulates each run's
+PCL term against its chance value log K and its validation SI-SDRi by step
+(logs/metrics.jsonl), and with --bench the step times of launch/benchmark.py --what=step
+(results.jsonl) with each PCL variant's overhead over its backbone's `nopcl` row. A pair
+whose run has no test rows is reported as such; the others are still tabulated.
 """
 
 import argparse
@@ -119,14 +126,107 @@ def paired(nass_rows: dict, base_rows: dict, metric: str, subset=None) -> dict:
           "diff": mean, "ci": (lo, hi)}
 
 
-def report(runs: str, pairs) -> list[str]:
+PAIR_PRESETS = {
+    "call2": ("nass_sudormrf_mono:nass_sudormrf_mono_baseline",
+              "nass_sudormrf_mono_nopcl:nass_sudormrf_mono_baseline",
+              "nass_sudormrf_mono:nass_sudormrf_mono_nopcl",
+              "nass_sudormrf_mono_pclnorm:nass_sudormrf_mono",
+              "nass_sudormrf_mono_pclnorm:nass_sudormrf_mono_baseline",
+              "nass_dualpath:nass_dualpath_baseline"),
+}
+
+
+def _pairs(spec: str) -> list[str]:
+  pairs = []
+  for item in spec.split(","):
+    pairs += list(PAIR_PRESETS.get(item, (item,)))
+  return pairs
+
+
+def _metrics_log(run_dir: str) -> list[dict]:
+  path = os.path.join(run_dir, "logs", "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def training_lines(runs: str, names) -> list[str]:
+  """Per run: the PCL term (first / min / last logged value against log K) and validation
+  SI-SDRi by step, from logs/metrics.jsonl."""
+  lines = ["### Training logs (logs/metrics.jsonl)", "",
+           "| run | last step | loss/pcl first | min | last | chance log K | val SI-SDRi by step |",
+           "| --- | --- | --- | --- | --- | --- | --- |"]
+  for name in names:
+    records = _metrics_log(os.path.join(runs, name))
+    if not records:
+      lines.append(f"| {name} | (no metrics.jsonl) | | | | | |")
+      continue
+    pcl = [r["loss/pcl"] for r in records if "loss/pcl" in r]
+    chance = ""
+    config_path = os.path.join(runs, name, "config.json")
+    if pcl and os.path.exists(config_path):
+      with open(config_path) as f:
+        saved = json.load(f)
+      terms = (saved.get("config", saved).get("loss", {}) or {}).get("terms", {})
+      settings = terms.get("pcl", {})
+      k, m = settings.get("num_positions", 256), settings.get("num_negatives", 0)
+      chance = f"{np.log(m + 1 if m and m < k else k):.3f}"
+    val = [(r["step"], r["val_sisdri"]) for r in records if "val_sisdri" in r]
+    last_step = max(r.get("step", 0) for r in records)
+    pcl_cells = (f"{pcl[0]:.3f} | {min(pcl):.3f} | {pcl[-1]:.3f}" if pcl else "- | - | -")
+    lines.append(f"| {name} | {last_step} | {pcl_cells} | {chance or '-'} | "
+                 + ", ".join(f"{v:.2f}@{s}" for s, v in val) + " |")
+  return lines + [""]
+
+
+def bench_lines(bench_dir: str) -> list[str]:
+  """Step times of launch/benchmark.py --what=step and each variant's overhead over the
+  `<backbone>:nopcl` row of the same batch size."""
+  path = os.path.join(bench_dir, "results.jsonl")
+  if not os.path.exists(path):
+    return [f"(no {path}: the step benchmark did not record a row)", ""]
+  with open(path) as f:
+    rows = [json.loads(line) for line in f if line.strip()]
+  rows = [r for r in rows if r.get("benchmark") == "step"]
+  base = {(r["config"].split(":")[0], r["batch_size"]): r["step_ms"] for r in rows
+          if r["config"].endswith(":nopcl")}
+  lines = ["### PCL step time (launch/benchmark.py --what=step, synthetic batch)", "",
+           "| config | batch | dtype | step ms (back to back) | ms (each step waited for) | "
+           "vs nopcl | compile + first step s | peak GiB |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+  for r in rows:
+    reference = base.get((r["config"].split(":")[0], r["batch_size"]))
+    overhead = ("-" if reference is None or r["config"].endswith(":nopcl")
+                else f"{100 * (r['step_ms'] / reference - 1):+.1f}%")
+    lines.append(f"| {r['config']} | {r['batch_size']} | {r.get('dtype', '')} | "
+                 f"{r['step_ms']:.1f} | {r.get('synced_step_ms', float('nan')):.1f} | {overhead} | "
+                 f"{r.get('compile_and_first_step_s', float('nan')):.1f} | "
+                 f"{r.get('peak_memory_gib', float('nan')):.2f} |")
+  if rows:
+    lines.append(f"device: {rows[0].get('device', '?')}, jax {rows[0].get('jax', '?')}")
+  return lines + [""]
+
+
+def report(runs: str, pairs, bench: str = "") -> list[str]:
   from spatialsep_jax import evaluation
   lines = []
+  names = []
   for pair in pairs:
-    nass_name, base_name = pair.split(":")
-    nass_rows, base_rows = _rows(os.path.join(runs, nass_name)), _rows(os.path.join(runs, base_name))
-    lines += [f"### {nass_name} vs {base_name}", "",
-              "| subset | n | metric | baseline | NASS | NASS - baseline [95% CI] |",
+    for name in pair.split(":"):
+      if name not in names:
+        names.append(name)
+  for pair in pairs:
+    a_name, b_name = pair.split(":")
+    try:
+      a_rows, b_rows = _rows(os.path.join(runs, a_name)), _rows(os.path.join(runs, b_name))
+    except FileNotFoundError as error:
+      lines += [f"### {a_name} - {b_name}", "", f"not paired: {error}", ""]
+      continue
+    common_ids = len(set(a_rows) & set(b_rows))
+    lines += [f"### {a_name} - {b_name}", "",
+              f"test rows: {a_name} {len(a_rows)}, {b_name} {len(b_rows)}, paired {common_ids}", "",
+              f"| subset | n | metric | {b_name} | {a_name} | A - B [95% CI] |",
               "| --- | --- | --- | --- | --- | --- |"]
     subsets = [("all", None)]
     subsets += [(label, (lambda lo, hi: lambda r: lo <= float(r["snr_db"]) < hi)(lo, hi))
@@ -135,14 +235,17 @@ def report(runs: str, pairs) -> list[str]:
                 for label, lo, hi in evaluation.SEPARATION_BINS]
     for label, subset in subsets:
       for metric, title in METRICS:
-        if metric not in next(iter(nass_rows.values())):
+        if metric not in next(iter(a_rows.values())) or metric not in next(iter(b_rows.values())):
           continue
-        s = paired(nass_rows, base_rows, metric, subset)
+        s = paired(a_rows, b_rows, metric, subset)
         if s["n"] == 0:
           continue
         lines.append(f"| {label} | {s['n']} | {title} | {s['baseline']:.2f} | {s['nass']:.2f} | "
                      f"{s['diff']:+.2f} [{s['ci'][0]:+.2f}, {s['ci'][1]:+.2f}] |")
     lines.append("")
+  lines += training_lines(runs, names)
+  if bench:
+    lines += bench_lines(bench)
   return lines
 
 
@@ -159,7 +262,10 @@ def main(argv=None):
   ex.add_argument("--checkpoint", default="best", choices=("best", "latest"))
   rp = sub.add_parser("report")
   rp.add_argument("--runs", required=True)
-  rp.add_argument("--pairs", required=True, help="nass_run:baseline_run,... (folders in --runs)")
+  rp.add_argument("--pairs", required=True,
+                  help="A:B,... (folders in --runs; A - B is reported), or a preset: "
+                       + ", ".join(PAIR_PRESETS))
+  rp.add_argument("--bench", default="", help="a launch/benchmark.py --workdir (results.jsonl)")
   rp.add_argument("--out", default="")
   args = parser.parse_args(argv)
   if args.command == "counts":
@@ -168,7 +274,7 @@ def main(argv=None):
     export(args.workdir, args.entry, args.variant, args.out, args.set, args.checkpoint)
     return
   else:
-    lines = report(args.runs, args.pairs.split(","))
+    lines = report(args.runs, _pairs(args.pairs), args.bench)
   text = "\n".join(lines) + "\n"
   print(text)
   if getattr(args, "out", ""):

@@ -29,6 +29,19 @@ noise, negatives from talker a's estimate (the seed's ablation names the two dir
 the noise at the M positions after its own in the drawn order (never its own position),
 instead of all K with the diagonal overwritten.
 
+`input_norm` (a project option, not the seed's; default "none" = the seed): "standardize"
+rescales to zero mean and unit standard deviation, with the mean and std under stop-gradient,
+(a) each [L x E] representation map (per example and output/target, over the whole map)
+before the shared conv, and (b) each map's K sampled conv outputs (over its K positions)
+before the MLP: x' = (x - mean(x)) / (std(x) + 1e-5). Why: at initialisation the separators'
+maps have values of ~0.07 and their sampled conv outputs a std of ~0.01 around the second
+conv's bias, while the MLP's Linear(1, 256) has PyTorch-default weights and biases of magnitude
+~0.5, so every value maps to nearly the same embedding (cos >= 0.997), the logits are equal
+and InfoNCE sits at its chance value log K (reports/nass/README.md, `pcl_scale.json`). (b)
+alone fixes the MLP's scale; (a) keeps the first conv's ReLU from being dead everywhere when
+its bias (uniform +-1/3) is negative and larger than the map's variation (then (b) would see
+a constant). The statistics carry no gradient.
+
 Training-only parameters: the head lives under the top-level params key `pcl_head`, so the
 optimiser trains it with the model; `inference_params` drops it, and the model never touches it
 when it gets no references (inference), so exported models and parameter counts leave it out.
@@ -48,6 +61,8 @@ RECEPTIVE = 2 * (CONV_KERNEL - 1) + 1   # two valid 3x3 convolutions: a 5x5 inpu
 DIAGONAL_LOGIT = -10.0          # the seed's fill value for the query's own noise position
 NORM_EPS = 1e-7                 # the seed's Normalize(2): x / (||x|| + 1e-7)
 DIRECTIONS = ("s->n", "n->s")
+INPUT_NORMS = ("none", "standardize")
+STANDARDIZE_EPS = 1e-5          # added to the std of the K sampled values of a map
 
 
 class PatchHead(nn.Module):
@@ -165,6 +180,15 @@ def embed(head: dict, values: jax.Array) -> jax.Array:
   return out / (jnp.linalg.norm(out, axis=-1, keepdims=True) + NORM_EPS)
 
 
+def standardize(values: jax.Array, axes=(-1,)) -> jax.Array:
+  """`input_norm="standardize"`: `values` to zero mean and unit (population) std over `axes`
+  (the K sampled values `(-1,)`, or a whole [L x E] map `(-2, -1)`), the statistics under
+  stop-gradient."""
+  mean = jax.lax.stop_gradient(jnp.mean(values, axis=axes, keepdims=True))
+  std = jax.lax.stop_gradient(jnp.std(values, axis=axes, keepdims=True))
+  return (values - mean) / (std + STANDARDIZE_EPS)
+
+
 def sample_positions(rng: jax.Array, height: int, width: int, num_positions: int):
   """K distinct positions of an [height x width] map, uniformly: (rows [K], cols [K])."""
   if num_positions > height * width:
@@ -200,13 +224,16 @@ def _pcl_keys(settings):
 @loss_terms.register("pcl", batch_keys=_pcl_keys)
 def patch_contrastive_loss(outputs, batch, rng, *, num_positions=256, temperature=0.07,
                            num_negatives=0, direction="s->n", targets="sources",
-                           stems=("noise",)):
+                           stems=("noise",), input_norm="none"):
   """PCL per example `[B]` (mean over talkers and positions; the term's weight is lambda).
+  `input_norm`: "none" (the seed) or "standardize" (see the module doc).
 
   The talker/noise pairing is the PIT permutation of negative SI-SDR over
   [`targets`..., `stems`...] (the one `pit_sisdr` with extra_outputs='permute' chooses)."""
   if direction not in DIRECTIONS:
     raise loss_terms.LossConfigError(f"pcl direction={direction!r} is not one of {DIRECTIONS}")
+  if input_norm not in INPUT_NORMS:
+    raise loss_terms.LossConfigError(f"pcl input_norm={input_norm!r} is not one of {INPUT_NORMS}")
   if "pcl_decoder_inputs" not in outputs:
     raise loss_terms.LossConfigError(
         "the pcl term needs the model's representations; set config.model.pcl_head=True "
@@ -224,10 +251,17 @@ def patch_contrastive_loss(outputs, batch, rng, *, num_positions=256, temperatur
   decoder_inputs = outputs["pcl_decoder_inputs"]                        # [B, S', L, E]
   height, width = decoder_inputs.shape[-2] - RECEPTIVE + 1, decoder_inputs.shape[-1] - RECEPTIVE + 1
   rows, cols = sample_positions(rng, height, width, num_positions)
+  clean_maps = outputs["pcl_clean_encodings"]                           # [B, S + 1, L, E]
+  if input_norm == "standardize":
+    decoder_inputs = standardize(decoder_inputs.astype(jnp.float32), (-2, -1))
+    clean_maps = standardize(clean_maps.astype(jnp.float32), (-2, -1))
+  values = patch_values(decoder_inputs, head, rows, cols)               # [B, S', K]
+  clean_values = patch_values(clean_maps, head, rows, cols)
+  if input_norm == "standardize":
+    values, clean_values = standardize(values), standardize(clean_values)
   # Reordered after sampling: the PIT pairing moves K values per map, not the whole maps.
-  estimated = embed(head, losses.reorder(patch_values(decoder_inputs, head, rows, cols), perm))
-  clean = jax.lax.stop_gradient(
-      embed(head, patch_values(outputs["pcl_clean_encodings"], head, rows, cols)))
+  estimated = embed(head, losses.reorder(values, perm))
+  clean = jax.lax.stop_gradient(embed(head, clean_values))
   noise_estimate = estimated[:, -1]
   num_talkers = estimated.shape[1] - 1
   per_talker = []

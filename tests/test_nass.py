@@ -84,14 +84,24 @@ def _pcl_case(seed=0, num_frames=12, basis=10):
   return outputs, {"sources": jnp.asarray(sources), "noise": jnp.asarray(noise)}
 
 
-@pytest.mark.parametrize("direction", ["s->n", "n->s"])
-def test_pcl_term_matches_brute_force_numpy(direction):
+def _numpy_standardize(values, axes=(-1,)):
+  """input_norm="standardize": to zero mean, unit (population) std over `axes`."""
+  return (values - values.mean(axes, keepdims=True)) / (values.std(axes, keepdims=True)
+                                                        + contrastive.STANDARDIZE_EPS)
+
+
+@pytest.mark.parametrize("direction,input_norm", [("s->n", "none"), ("n->s", "none"),
+                                                  ("s->n", "standardize"),
+                                                  ("n->s", "standardize")])
+def test_pcl_term_matches_brute_force_numpy(direction, input_norm):
   """Same K positions (from the term's key) for every map, conv over the whole map then
-  sampled, MLP + L2, talkers reordered by the PIT perm over [s1, s2, n], averaged."""
+  sampled, (standardised per map over its K values,) MLP + L2, talkers reordered by the PIT
+  perm over [s1, s2, n], averaged."""
   outputs, batch = _pcl_case()
   key, num_positions, temperature = jax.random.key(3), 16, 0.07
   got, _ = contrastive.patch_contrastive_loss(outputs, batch, key, num_positions=num_positions,
-                                              temperature=temperature, direction=direction)
+                                              temperature=temperature, direction=direction,
+                                              input_norm=input_norm)
   maps = np.asarray(outputs["pcl_decoder_inputs"], np.float64)
   clean = np.asarray(outputs["pcl_clean_encodings"], np.float64)
   height, width = maps.shape[-2] - 4, maps.shape[-1] - 4
@@ -99,8 +109,10 @@ def test_pcl_term_matches_brute_force_numpy(direction):
   rows, cols = np.asarray(rows), np.asarray(cols)
   assert len(set(zip(rows.tolist(), cols.tolist()))) == num_positions   # distinct positions
   head = outputs["pcl_head"]
-  estimated = _numpy_embed(head, _numpy_conv_maps(head, maps)[..., rows, cols])
-  clean = _numpy_embed(head, _numpy_conv_maps(head, clean)[..., rows, cols])
+  norm = _numpy_standardize if input_norm == "standardize" else (lambda values, axes=(): values)
+  # standardised: whole maps before the conv, then each map's K sampled outputs before the MLP
+  estimated = _numpy_embed(head, norm(_numpy_conv_maps(head, norm(maps, (-2, -1)))[..., rows, cols]))
+  clean = _numpy_embed(head, norm(_numpy_conv_maps(head, norm(clean, (-2, -1)))[..., rows, cols]))
   perm = [2, 1, 0]                   # estimate index of s1, s2, noise
   expected = []
   for b in range(2):
@@ -115,7 +127,8 @@ def test_pcl_term_matches_brute_force_numpy(direction):
   np.testing.assert_allclose(got, expected, rtol=1e-4)
 
 
-def test_pcl_gradient_reaches_queries_and_head_only():
+@pytest.mark.parametrize("input_norm", ["none", "standardize"])
+def test_pcl_gradient_reaches_queries_and_head_only(input_norm):
   """s->n: no gradient reaches the clean encodings (targets' path) or the noise estimate's
   map (negatives); the talkers' maps (queries) and the head get one."""
   outputs, batch = _pcl_case(1)
@@ -123,7 +136,7 @@ def test_pcl_gradient_reaches_queries_and_head_only():
 
   def loss(differentiable):
     return jnp.sum(contrastive.patch_contrastive_loss({**outputs, **differentiable}, batch, key,
-                                                      num_positions=16)[0])
+                                                      num_positions=16, input_norm=input_norm)[0])
 
   grads = jax.jit(jax.grad(loss))({k: outputs[k] for k in ("pcl_decoder_inputs",
                                                            "pcl_clean_encodings", "pcl_head")})
@@ -132,6 +145,46 @@ def test_pcl_gradient_reaches_queries_and_head_only():
   assert float(jnp.abs(maps[:, 0]).max()) == 0.0            # output 0 is the noise estimate
   assert float(jnp.abs(maps[:, 1]).max()) > 0 and float(jnp.abs(maps[:, 2]).max()) > 0
   assert all(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads["pcl_head"]))
+
+
+def test_pcl_standardize_leaves_the_chance_value_where_the_seed_scale_sits_on_it():
+  """The short-budget failure (reports/nass/README.md): maps whose sampled values vary by ~0.01
+  under a PyTorch-default head give the seed's form log K to 1e-2 and near-identical
+  embeddings; input_norm="standardize" on the same maps (the talkers' estimated maps equal to
+  their clean encodings, a perfect estimate) gives a loss well below log K (2.87 and 2.92 vs
+  4.16 when written)."""
+  rng = np.random.default_rng(4)
+  batch_size, num_frames, basis, num_positions = 2, 20, 24, 64
+  outputs, batch = _pcl_case(2)
+  clean = 0.01 * rng.normal(size=(batch_size, 3, num_frames, basis))
+  # estimates [noise, s2, s1] (PIT perm [2, 1, 0]); talkers' maps equal their clean encodings
+  estimated = np.stack([clean[:, 2], clean[:, 1], clean[:, 0]], axis=1)
+  outputs.update(pcl_decoder_inputs=jnp.asarray(estimated, jnp.float32),
+                 pcl_clean_encodings=jnp.asarray(clean, jnp.float32), pcl_head=_head(256, seed=1))
+  key = jax.random.key(5)
+  seed_form, _ = contrastive.patch_contrastive_loss(outputs, batch, key,
+                                                    num_positions=num_positions)
+  normed, _ = contrastive.patch_contrastive_loss(outputs, batch, key, num_positions=num_positions,
+                                                 input_norm="standardize")
+  chance = np.log(num_positions)
+  np.testing.assert_allclose(seed_form, chance, atol=1e-2)
+  assert float(jnp.max(normed)) < chance - 0.75
+  with pytest.raises(loss_terms.LossConfigError, match="input_norm"):
+    contrastive.patch_contrastive_loss(outputs, batch, key, num_positions=8, input_norm="rms")
+
+
+def test_pclnorm_token_sets_the_option_and_leaves_the_seed_config_unchanged():
+  """`:pclnorm` adds input_norm="standardize" to the pcl term only; the seed's NASS config
+  keeps its settings (no input_norm key), hence its fingerprint."""
+  seed_config = nass_sudormrf_mono.get_config("smoke")
+  normed = nass_sudormrf_mono.get_config("smoke,pclnorm")
+  assert "input_norm" not in seed_config.loss.terms.pcl
+  assert normed.loss.terms.pcl.input_norm == "standardize"
+  assert normed.name == seed_config.name + "_pclnorm"
+  normed.loss.terms.pcl.input_norm = "none"           # the term's default is the seed's form
+  assert dict(normed.loss.terms.pcl) == {**dict(seed_config.loss.terms.pcl), "input_norm": "none"}
+  with pytest.raises(ValueError, match="contrastive loss"):
+    nass_sudormrf_mono.get_config("smoke,baseline,pclnorm")
 
 
 def test_clean_signals_path_gets_no_gradient_and_shares_the_encoder():
