@@ -291,7 +291,7 @@ def bench_step(base_arg: str, workdir: str) -> None:
         jax.block_until_ready(metrics)
     row = {
         "benchmark": "step", "config": name, "variant": base_arg, "batch_size": batch_size,
-        "dtype": config.model.dtype, "depthwise_impl": config.model.depthwise_impl,
+        "dtype": config.model.dtype, "depthwise_impl": config.model.get("depthwise_impl"),
         "model_overrides": model_set,
         "params": models.count_params(jax.device_get(state.params)),
         "step_ms": 1e3 * step_s, "samples_per_s": batch_size / step_s,

@@ -28,9 +28,9 @@ RUNS=${2:-"nass_sudormrf_mono:baseline nass_sudormrf_mono:nopcl nass_sudormrf_mo
 VARIANT=${VARIANT:-gpu}
 ROOT=${NASS_DIR:-/tmp/nass_pcl}
 OUT=${OUT:-/tmp/nass_pcl_out}
-T_BENCH=${T_BENCH:-210}     # the benchmark is stopped here if still running (rows so far kept)
-T_TRAIN=${T_TRAIN:-370}     # runs still training get SIGTERM (latest/ saved) and are evaluated
-T_EVAL=${T_EVAL:-485}       # every evaluation still running is stopped (its rows.csv kept)
+T_BENCH=${T_BENCH:-190}     # the benchmark is stopped here if still running (rows so far kept)
+T_TRAIN=${T_TRAIN:-390}     # runs still training get SIGTERM (latest/ saved) and are evaluated
+T_EVAL=${T_EVAL:-495}       # every evaluation still running is stopped (its rows.csv kept)
 EVAL_WORKERS=${EVAL_WORKERS:-2}
 BENCH=${BENCH:-nass_sudormrf_mono:nopcl,nass_sudormrf_mono,nass_sudormrf_mono:pclnorm,nass_dualpath:nopcl,nass_dualpath}
 mkdir -p "$OUT" "$ROOT"
@@ -38,7 +38,7 @@ TIMELINE=$OUT/timeline.txt
 : > "$TIMELINE"
 mark() { echo "[nass-pcl] $SECONDS s: $*" | tee -a "$TIMELINE"; }
 if [ -z "${SKIP_WHEELS:-}" ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site ${WHEELS:-.whl}/*.whl || exit 1
   export PYTHONPATH=/tmp/site
 fi
 export PYTHONUNBUFFERED=1 JAX_COMPILATION_CACHE_DIR=/tmp/jax_cache

@@ -240,8 +240,10 @@ def report(runs: str, pairs, bench: str = "") -> list[str]:
         s = paired(a_rows, b_rows, metric, subset)
         if s["n"] == 0:
           continue
+        interval = (f"{s['diff']:+.2f} [{s['ci'][0]:+.2f}, {s['ci'][1]:+.2f}]" if s["n"] > 1
+                    else "- (one mixture)")
         lines.append(f"| {label} | {s['n']} | {title} | {s['baseline']:.2f} | {s['nass']:.2f} | "
-                     f"{s['diff']:+.2f} [{s['ci'][0]:+.2f}, {s['ci'][1]:+.2f}] |")
+                     f"{interval} |")
     lines.append("")
   lines += training_lines(runs, names)
   if bench:

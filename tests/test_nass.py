@@ -340,3 +340,42 @@ def test_smoke_nass_config_trains_validates_and_evaluates(noisy_smoke_shards, sm
   assert np.isfinite(result["last"]["loss/pcl"]) and result["last"]["loss/pcl"] > 0
   assert np.isfinite(result["best"]["val_sisdri"])
   assert os.path.isdir(os.path.join(workdir, "checkpoints"))
+
+
+def test_report_pairs_by_example_with_a_student_t_interval_and_reads_logs(tmp_path):
+  """launch/nass_tools.py report's arithmetic: the paired A - B mean and 95% Student-t CI over
+  the examples both runs scored (scipy), a subset by SNR; the PCL log table's chance value
+  (log K, log(M + 1) with M < K negatives); the step table's overhead over `:nopcl`."""
+  import json
+  from scipy import stats
+  from spatialsep_jax.launch import nass_tools
+  rng = np.random.default_rng(0)
+  a = {i: {"sisdr_improvement": float(v), "snr_db": float(s)}
+       for i, (v, s) in enumerate(zip(rng.normal(2, 1, 12), np.linspace(-6, 3, 12)))}
+  b = {i: {"sisdr_improvement": float(v), "snr_db": a[i]["snr_db"]}
+       for i, v in enumerate(rng.normal(1.5, 1, 10))}      # two examples unscored in B
+  got = nass_tools.paired(a, b, "sisdr_improvement", lambda r: r["snr_db"] < 0)
+  ids = [i for i in range(10) if a[i]["snr_db"] < 0]
+  diff = np.array([a[i]["sisdr_improvement"] - b[i]["sisdr_improvement"] for i in ids])
+  half = stats.t.ppf(0.975, len(diff) - 1) * diff.std(ddof=1) / np.sqrt(len(diff))
+  assert got["n"] == len(ids)
+  np.testing.assert_allclose([got["diff"], *got["ci"]],
+                             [diff.mean(), diff.mean() - half, diff.mean() + half], rtol=1e-9)
+  for name, negatives, values in (("full", 0, [5.6, 5.2]), ("m1", 1, [0.7, 0.6])):
+    os.makedirs(tmp_path / name / "logs")
+    with open(tmp_path / name / "config.json", "w") as f:
+      json.dump({"config": {"loss": {"terms": {"pcl": {"num_positions": 256,
+                                                       "num_negatives": negatives}}}}}, f)
+    with open(tmp_path / name / "logs" / "metrics.jsonl", "w") as f:
+      for step, value in zip((10, 20), values):
+        f.write(json.dumps({"step": step, "loss/pcl": value}) + "\n")
+      f.write(json.dumps({"step": 20, "val_sisdri": 1.25}) + "\n")
+  lines = nass_tools.training_lines(str(tmp_path), ["full", "m1"])
+  assert f"| 5.600 | 5.200 | 5.200 | {np.log(256):.3f} | 1.25@20 |" in lines[4]
+  assert f"| 0.700 | 0.600 | 0.600 | {np.log(2):.3f} | 1.25@20 |" in lines[5]
+  with open(tmp_path / "results.jsonl", "w") as f:
+    for config, ms in (("m:nopcl", 100.0), ("m", 104.0), ("m:pclnorm", 112.5)):
+      f.write(json.dumps({"benchmark": "step", "config": config, "batch_size": 16,
+                          "step_ms": ms}) + "\n")
+  table = "\n".join(nass_tools.bench_lines(str(tmp_path)))
+  assert "| m | 16 |" in table and "+4.0%" in table and "+12.5%" in table
