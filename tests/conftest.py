@@ -43,7 +43,19 @@ def with_overrides(config, **overrides):
   return config
 
 
+# The suite runs tiny shapes, so compiling dominates its time: XLA's CPU backend without
+# LLVM's optimisation levels compiles ~1/3 less CPU time (same programs, same results).
+FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+
+
+def xla_flags(*extra: str) -> str:
+  """XLA_FLAGS for a test's subprocess: `extra` flags plus the suite's fast-compile flags."""
+  return " ".join(extra + (FAST_COMPILE_FLAGS,))
+
+
 def pytest_configure(config):
+  if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + FAST_COMPILE_FLAGS).strip()
   # Compiled programs are reused across tests and subprocesses (resume runs recompile the
   # same step); this keeps the suite inside its CPU time budget.
   cache = os.path.join(ROOT, ".cache", "jax_compilation_cache")

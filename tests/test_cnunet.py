@@ -12,6 +12,8 @@ from spatialsep_jax.models import complex_layers as cl
 
 TINY = dict(n_fft=64, hop=32, depths=(2, 1), out_channels=4, mid_channels=2, dense_layers=2,
             attention_kernel=5, attention_window=8)
+# One stage, one dense layer: where the number of stages is not what a test is about.
+TINY1 = dict(TINY, depths=(1,), dense_layers=1)
 
 
 def _complex_conv_reference(x, w, bias, stride_f, dilation_t, dilation_f):
@@ -126,16 +128,38 @@ def test_outputs_up_to_t_ignore_input_after_t(tiny_model):
     assert np.abs(after[:, boundary:] - before[:, boundary:]).max() > 1e-3
 
 
-def test_parameter_counts_match_the_authors_code_at_their_widths():
-  """SPEC section 4: ~2.98 M two-branch, ~1.80 M single-branch (out_ch 64, mid_ch 32)."""
+SMALL_COUNTED = (   # every field of the closed form varies between the two
+    dict(complex_layers=True, branches="both", num_input_channels=2, n_fft=64, depths=(2, 1),
+         out_channels=6, mid_channels=4, dense_layers=2, attention_kernel=3, teacher_dim=5),
+    dict(complex_layers=False, branches="mask", num_input_channels=1, n_fft=64, depths=(1, 2),
+         out_channels=4, mid_channels=2, dense_layers=3, attention_kernel=5, teacher_dim=0))
+
+
+@pytest.mark.parametrize("fields", SMALL_COUNTED, ids=["complex_tb_fused", "real_sb"])
+def test_parameter_count_formula_equals_the_traced_model(fields):
+  """`cnunet.parameter_count` (closed form) against the parameter shapes Flax creates."""
   from spatialsep_jax import models
-  module = cnunet.CNUNet(branches="both")
-  shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros((1, 4096, 1))))
-  params = shapes["params"]
-  both = models.count_params(params)
-  # The single-branch model is this one less the mapping branch's modules ("map_*").
-  mask_only = both - models.count_params({k: v for k, v in params.items() if k.startswith("map_")})
+  module = cnunet.CNUNet(**fields, hop=32, attention_window=8)   # init: placeholder teacher
+  mixture = jnp.zeros((1, 256, fields["num_input_channels"]))
+  params = jax.eval_shape(lambda: module.init(jax.random.key(0), mixture))["params"]
+  assert models.count_params(params) == cnunet.parameter_count(**fields)
+  if fields["branches"] == "both":   # the single-branch model: less the mapping branch's modules
+    mapping = models.count_params({k: v for k, v in params.items() if k.startswith("map_")})
+    assert models.count_params(params) - mapping == cnunet.parameter_count(
+        **{**fields, "branches": "mask"})
+
+
+def test_parameter_counts_match_the_authors_code_at_their_widths():
+  """SPEC section 4: ~2.98 M two-branch, ~1.80 M single-branch (out_ch 64, mid_ch 32), +0.30 M
+  for the stage-1 fusion of a 1024-d teacher (WavLM's width): the closed form at the
+  defaults (the authors' widths), which the test above checks against the traced model."""
+  both, mask_only = cnunet.parameter_count(), cnunet.parameter_count(branches="mask")
   assert (both, mask_only) == (2_973_120, 1_793_910)
+  assert cnunet.parameter_count(teacher_dim=1024) - both == 295_296
+  from spatialsep_jax.configs import cnunet_complex_sb, cnunet_real_sb, cnunet_tb
+  assert cnunet.parameter_count(**cnunet._fields(cnunet_tb.get_config("gpu"))) == both
+  assert cnunet.parameter_count(**cnunet._fields(cnunet_complex_sb.get_config("gpu"))) == mask_only
+  assert cnunet.parameter_count(**cnunet._fields(cnunet_real_sb.get_config("gpu"))) == 3_507_532
 
 
 def test_compressed_spectral_loss_against_numpy():
@@ -239,7 +263,7 @@ def _toy_teacher(wave):
 
 
 def test_stage_one_fuses_the_teacher_of_the_clean_target():
-  module = cnunet.CNUNet(**TINY, teacher_dim=3, teacher=_toy_teacher)
+  module = cnunet.CNUNet(**TINY1, branches="mask", teacher_dim=3, teacher=_toy_teacher)
   mixture = jax.random.normal(jax.random.key(1), (2, 320, 1))
   variables = random_variables(module, mixture)        # init without references: placeholder
   assert "fusion_0" in variables["params"] and "fusion_1" in variables["params"]
@@ -247,7 +271,7 @@ def test_stage_one_fuses_the_teacher_of_the_clean_target():
   clean = jax.random.normal(jax.random.key(2), (2, 1, 320))
   first = run(variables, mixture, clean)
   other = run(variables, mixture, 2.0 * clean[:, :, ::-1])
-  assert first["latent"].shape == (2, 320 // 32 + 1, 8, 2, 4)
+  assert first["latent"].shape == (2, 320 // 32 + 1, 16, 2, 4)
   assert np.abs(np.asarray(first["latent"] - other["latent"])).max() > 1e-3
   with pytest.raises(ValueError, match="stage-1 model"):
     module.apply(variables, mixture)
@@ -281,3 +305,43 @@ def test_initialiser_is_uniform_in_the_torch_bound_and_depends_on_the_key():
   assert np.abs(first).max() <= 0.25 and abs(first.mean()) < 0.01
   assert first.std() == pytest.approx(0.25 / np.sqrt(3), rel=0.03)   # U(-b, b): b / sqrt(3)
   assert abs(np.corrcoef(first.ravel(), second.ravel())[0, 1]) < 0.06    # 4 sigma at n = 4096
+  # Layers draw from the model's init key salted by the parameter's path: the seed decides the
+  # values, and tensors of one layer (and of two layers) differ.
+  layer = cl.PartConv(64, kernel_t=1, kernel_f=1)
+  x = jnp.zeros((1, 1, 1, 2, 64))
+  once, again, other = (layer.init(jax.random.key(k), x)["params"] for k in (0, 0, 1))
+  np.testing.assert_array_equal(once["kernel_real"], again["kernel_real"])
+  assert np.abs(np.asarray(once["kernel_real"])).max() <= 0.125
+  for a, b in ((once["kernel_real"], other["kernel_real"]), (once["kernel_real"], once["kernel_imag"])):
+    assert abs(np.corrcoef(np.ravel(a), np.ravel(b))[0, 1]) < 0.06
+
+
+def test_stage_one_evaluates_only_with_the_oracle_opt_in_and_is_marked(smoke_dataset, tmp_path):
+  """A model with train_inputs (stage 1 reads the clean target) is refused by evaluation
+  unless config.eval.oracle_train_inputs; with it, the clean target reaches the model (which
+  raises without it) and rows and summary say "oracle teacher input"."""
+  from spatialsep_jax import evaluation, models
+  from spatialsep_jax.configs import cnunet_tb_stage1, ild_ipd
+  shards, cache = smoke_dataset
+  config = cnunet_tb_stage1.get_config("smoke")
+  assert config.eval.oracle_train_inputs is True            # set by the stage-1 config
+  config.data = ild_ipd.get_config("smoke").data
+  config.data.input_channels = ("L_tmic",)
+  config.data.shards_dir, config.data.cache_dir = shards, cache
+  config.eval.update(max_examples=2, batch_size=2, metrics=("sisdr",), metric_modules=(),
+                     num_workers=1, save_examples=0)
+  module = cnunet.CNUNet(**TINY1, branches="mask", teacher_dim=3, teacher=_toy_teacher)
+  model = models.Model(module, 1, ("sources",))
+  variables = random_variables(module, jnp.zeros((1, 320, 1)))
+  config.eval.oracle_train_inputs = False
+  with pytest.raises(ValueError, match="oracle_train_inputs=True"):
+    evaluation.evaluate_variables(config, variables, str(tmp_path / "no"), split="test",
+                                  shards_dir=shards, progress=False, model=model)
+  config.eval.oracle_train_inputs = True
+  summary = evaluation.evaluate_variables(config, variables, str(tmp_path / "yes"), split="test",
+                                          shards_dir=shards, progress=False, model=model)
+  rows = evaluation.read_rows(str(tmp_path / "yes" / "rows.csv"))
+  assert len(rows) == 2 and all(r["oracle_train_inputs"] == "sources" for r in rows)
+  assert all(np.isfinite(r["sisdr"]) for r in rows)
+  assert summary["oracle_train_inputs"] == ["sources"] and "NOT a deployable" in summary["note"]
+  assert "oracle teacher input" in (tmp_path / "yes" / "summary.md").read_text()

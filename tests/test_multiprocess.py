@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, xla_flags
 
 
 def _free_port() -> int:
@@ -35,7 +35,7 @@ def test_two_processes_match_one(smoke_dataset, tmp_path):
              "--config.train.batch_size=4", "--config.train.log_every=1",
              "--config.data.loader=grain"]
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-  env.pop("XLA_FLAGS", None)  # one CPU device per process
+  env["XLA_FLAGS"] = xla_flags()  # one CPU device per process
   single = subprocess.run(command + [f"--workdir={tmp_path / 'one'}",
                                      "--config.eval.after_training=False"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -69,7 +69,7 @@ def test_sigterm_to_one_process_checkpoints_every_process_at_the_same_step(smoke
              "--config.train.eval_every=100000", "--config.train.checkpoint_every=100000",
              "--config.data.loader=grain", f"--workdir={workdir}"]
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-  env.pop("XLA_FLAGS", None)
+  env["XLA_FLAGS"] = xla_flags()
   port = _free_port()
   workers = [subprocess.Popen(command, cwd=ROOT,
                               env={**env, "JAX_COORDINATOR_ADDRESS": f"localhost:{port}",

@@ -15,7 +15,7 @@ import pytest
 
 from spatialsep_jax.configs import ild_ipd, mono
 from spatialsep_jax import config_checks, summary, train
-from tests.conftest import ROOT, smoke_config
+from tests.conftest import ROOT, smoke_config, xla_flags
 
 
 def _losses(workdir):
@@ -51,8 +51,13 @@ def test_resumed_run_continues_like_an_uninterrupted_one(smoke_dataset, tmp_path
 
 
 def test_workdir_of_another_config_is_refused(smoke_dataset, tmp_path):
+  # The run's config.json as the trainer writes it when a run starts (a run that trained is
+  # the checkpoint-identity test of test_reliability); the refusal comes before compiling.
   workdir = str(tmp_path / "run")
-  train.train_and_evaluate(_config(smoke_dataset, train__num_steps=1), workdir, progress=False)
+  os.makedirs(workdir)
+  first = _config(smoke_dataset, train__num_steps=1)
+  train._check_workdir_config(workdir, first, train.config_fingerprint(first))
+  assert json.load(open(os.path.join(workdir, "config.json")))["name"] == "mono"
   with pytest.raises(ValueError, match="different configuration"):
     train.train_and_evaluate(_config(smoke_dataset, train__num_steps=1, optim__learning_rate=0.5),
                              workdir, progress=False)
@@ -145,7 +150,7 @@ print("SHARDED_OK")
 
 
 def test_four_device_data_parallel_step_equals_one_device():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+  env = dict(os.environ, XLA_FLAGS=xla_flags("--xla_force_host_platform_device_count=4"),
              JAX_PLATFORMS="cpu")
   result = subprocess.run([sys.executable, "-c", _SHARDED_SCRIPT], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
