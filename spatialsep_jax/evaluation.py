@@ -34,19 +34,47 @@ F0_BINS = (("F0 distance < 2 st", 0.0, 2.0), ("F0 distance 2-6 st", 2.0, 6.0),
            ("F0 distance >= 6 st", 6.0, 99.0))
 SUMMARY_METRICS = ("sisdr_improvement", "sdr_improvement", "stoi_improvement", "pesq_improvement",
                    "sisdr", "sdr", "stoi", "pesq", "vocoded_sisdr_improvement",
-                   "vocoded_stoi_improvement", "vocoded_stoi")
+                   "vocoded_stoi_improvement", "vocoded_stoi", "estoi_improvement", "estoi",
+                   "segsnr_improvement", "segsnr", "csig", "cbak", "covl")
 
 
-def make_separate_fn(config, model):
+ORACLE_INPUT_NOTE = ("oracle teacher input: the model read the clean target ({keys}) at test "
+                     "time (config.eval.oracle_train_inputs); NOT a deployable result")
+
+
+def oracle_inputs(config, model) -> tuple[str, ...]:
+  """The batch keys (clean signals) the model reads at evaluation: its registered
+  `train_inputs` when `config.eval.oracle_train_inputs` opts in, else (). A model with train
+  inputs (a stage-1 CNUNet: a teacher of the clean target) cannot be scored without them, so
+  scoring it without the opt-in is a one-line error naming the field."""
+  keys = tuple(getattr(model, "train_inputs", ()) or ())
+  if not keys:
+    return ()
+  if not config.eval.get("oracle_train_inputs", False):
+    raise ValueError(f"{config.name} reads clean signals {keys} (its registered train_inputs: a "
+                     "teacher of the clean target); score it with "
+                     "--config.eval.oracle_train_inputs=True, which marks every row and the "
+                     "summary as using the clean target (oracle teacher input, not a "
+                     "deployable result)")
+  return keys
+
+
+def make_separate_fn(config, model, references: tuple[str, ...] = ()):
   """jitted (variables, mixture [B, T, C]) -> estimates [B, S', T] float32; `variables` is
-  {"params": ..., other collections} or a bare params tree."""
+  {"params": ..., other collections} or a bare params tree. With `references` (batch keys,
+  see `oracle_inputs`) the function is (variables, mixture, {key: [B, ...]}) and the model
+  gets them as in validation."""
   if not isinstance(model, models.Model):
     model = models.Model(model, len(config.data.input_channels))
 
-  def separate(variables, mixture):
+  def separate(variables, mixture, given=None):
     if "params" not in variables:
       variables = {"params": variables}
-    return model.estimates(variables, mixture)
+    if not references:
+      return model.estimates(variables, mixture)
+    outputs, _ = model.apply(variables, mixture.astype(jnp.float32),
+                             references={k: given[k].astype(jnp.float32) for k in references})
+    return outputs["estimates"].astype(jnp.float32)
 
   return jax.jit(separate)
 
@@ -178,7 +206,9 @@ def evaluate_variables(config, variables, out_dir: str, *, split: str | None = N
   if split not in manifest["counts"]:
     raise ValueError(f"no split {split!r} in {shards_dir}; use one of {sorted(manifest['counts'])}")
   task = tasks.get(config.eval.task)
-  separate = make_separate_fn(config, model or models.build_model(config))
+  model = model or models.build_model(config)
+  oracle_keys = oracle_inputs(config, model)
+  separate = make_separate_fn(config, model, oracle_keys)
   os.makedirs(out_dir, exist_ok=True)
   systems = ["model"] + [f"oracle_{name}" for name in config.eval.get("oracles", ())]
   rows_paths = {name: os.path.join(out_dir, "rows.csv" if name == "model" else f"rows_{name}.csv")
@@ -211,7 +241,8 @@ def evaluate_variables(config, variables, out_dir: str, *, split: str | None = N
       todo = {name: [i for i in range(n) if int(batch["example_id"][i]) not in done[name]]
               for name in systems}
       if any(todo.values()):
-        estimates = np.asarray(separate(variables, jnp.asarray(batch["mixture"])))
+        given = {k: jnp.asarray(batch[k]) for k in oracle_keys} if oracle_keys else None
+        estimates = np.asarray(separate(variables, jnp.asarray(batch["mixture"]), given))
       for name in systems:
         work = []
         for i in todo[name]:
@@ -224,6 +255,8 @@ def evaluate_variables(config, variables, out_dir: str, *, split: str | None = N
         for i, result in zip(todo[name], results):
           row = {"split": split, **_scene_columns(batch, i, manifest.get("noise_kinds", ())),
                  **_metric_columns(result)}
+          if oracle_keys and name == "model":
+            row["oracle_train_inputs"] = "+".join(oracle_keys)
           if name not in writers:
             handles[name], writers[name] = _open_rows(rows_paths[name], list(row))
           writers[name].append(row)
@@ -247,6 +280,9 @@ def evaluate_variables(config, variables, out_dir: str, *, split: str | None = N
   summary["oracles"] = {name: summarize_rows(read_rows(rows_paths[name]))["overall"]
                         for name in systems if name != "model"}
   summary.update(split=split, config=config.name, task=task.name)
+  if oracle_keys:
+    summary["oracle_train_inputs"] = list(oracle_keys)
+    summary["note"] = ORACLE_INPUT_NOTE.format(keys=", ".join(oracle_keys))
   _write_summary(summary, out_dir)
   summary["out_dir"] = out_dir
   return summary
@@ -367,6 +403,9 @@ def summary_markdown(summary: dict) -> str:
            f"{summary.get('checkpoint')} checkpoint, step {summary.get('step')})\n",
            "Means with 95% confidence intervals (Student t) over mixtures; improvements are "
            "over the unprocessed mixture at the reference microphone.\n", header]
+  if summary.get("oracle_train_inputs"):
+    lines.insert(1, "**" + ORACLE_INPUT_NOTE.format(
+        keys=", ".join(summary["oracle_train_inputs"])) + ".**\n")
   lines.append(f"| all | {summary['num_examples']} | "
                + " | ".join(cell(summary["overall"].get(m)) for m in shown) + " |")
   for name, overall in summary.get("oracles", {}).items():

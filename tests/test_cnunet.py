@@ -129,9 +129,9 @@ def test_outputs_up_to_t_ignore_input_after_t(tiny_model):
 
 
 SMALL_COUNTED = (   # every field of the closed form varies between the two
-    dict(complex_layers=True, branches="both", num_input_channels=2, n_fft=64, depths=(2, 1),
+    dict(complex_layers=True, branches="both", num_input_channels=2, n_fft=64, depths=(2,),
          out_channels=6, mid_channels=4, dense_layers=2, attention_kernel=3, teacher_dim=5),
-    dict(complex_layers=False, branches="mask", num_input_channels=1, n_fft=64, depths=(1, 2),
+    dict(complex_layers=False, branches="mask", num_input_channels=1, n_fft=64, depths=(1, 1),
          out_channels=4, mid_channels=2, dense_layers=3, attention_kernel=5, teacher_dim=0))
 
 

@@ -278,6 +278,68 @@ def resample_frames(values: jax.Array, frames: int) -> jax.Array:
   return values[:, lower] * (1 - weight) + values[:, upper] * weight
 
 
+# ------------------------------------------------------------------ parameter count
+
+
+def parameter_count(complex_layers: bool = True, branches: str = "both", num_input_channels: int = 1,
+                    n_fft: int = 512, out_channels: int = 32, mid_channels: int = 16,
+                    depths: Sequence[int] = (6, 5, 4, 4, 4, 3), dense_layers: int = 6,
+                    attention_kernel: int = 17, teacher_dim: int = 0, **unused) -> int:
+  """The number of parameters of `CNUNet(**fields)`, in closed form, layer by layer as the
+  modules above create them (tests check it against the traced count at small widths; it
+  gives the authors' widths' count without tracing the full model). Takes `CNUNet` fields
+  (others, e.g. `norm`, change no shapes)."""
+  del unused
+  parts = 2 if complex_layers else 1
+
+  def conv(cin, cout, kt=2, kf=3):                           # PartConv: kernels + bias
+    return parts * (kt * kf * cin * cout + cout)
+
+  def norm(c):                                               # PartNorm: scale + bias
+    return 2 * parts * c
+
+  prelu = parts                                              # PartPReLU: one slope per part
+
+  def conv_norm_act(cin, cout, kt=2, kf=3):
+    return conv(cin, cout, kt, kf) + norm(cout) + prelu
+
+  def subpixel(cin, features):
+    return conv(cin, 2 * features) + norm(features) + prelu
+
+  def dense(cin, features, inner):
+    half = max(1, cin // 2)
+    total = conv(cin, half) + prelu
+    for i in range(dense_layers):                            # inputs: all earlier outputs
+      c = half * (i + 1)
+      total += parts * (6 * c + c * half + half) + norm(half) + prelu
+    return total + conv(half, features) + (prelu if inner else parts * features)
+
+  def attention(c):                                          # one gate per part
+    k = attention_kernel
+    return parts * (2 * (k * c + 1) + 2 * (k + 1))
+
+  def ublock(cin, depth):
+    out, mid = out_channels, mid_channels
+    total = conv_norm_act(cin, out, 1, 1)
+    total += conv_norm_act(out, mid) + (depth - 1) * conv_norm_act(mid, mid)
+    total += dense(mid, mid, inner=True)
+    total += (depth - 1) * subpixel(2 * mid, mid) + subpixel(2 * mid, out)
+    return total + attention(out)
+
+  out = out_channels
+  channels_in = num_input_channels if complex_layers else 2 * num_input_channels
+  total = conv_norm_act(channels_in, out, 1, 1)
+  for depth in depths:
+    total += ublock(out, depth) + conv(out, out, 1, 1)
+  if teacher_dim:
+    flat = (n_fft // 2 // 2 ** len(depths)) * out
+    total += parts * ((flat + teacher_dim) * flat + flat) + norm(out)
+  total += dense(out, out, inner=False)
+  per_branch = sum(subpixel(2 * out, 2 * out) + ublock(2 * out, depth) for depth in depths)
+  per_branch += conv(out, 1 if complex_layers else 2, 1, 1)
+  return total + per_branch * (2 if branches == "both" else 1)
+
+
 # ------------------------------------------------------------------ registration
 
 
@@ -344,7 +406,8 @@ def build(config) -> CNUNet:
 
 
 __all__ = ["BRANCHES", "CNUNet", "UBlock", "build", "compress", "compressed_stft", "decompress",
-           "frame_signal", "hamming", "overlap_add_norm", "resample_frames", "validate"]
+           "frame_signal", "hamming", "overlap_add_norm", "parameter_count", "resample_frames",
+           "validate"]
 
 
 # The recipe's loss terms register with the model (spectral_terms imports this module's STFT).

@@ -18,6 +18,7 @@ over past frames (mode "cumulative", running sums carried in the stream state); 
 code uses GroupNorm(1, C) over the whole utterance, which is not causal.
 """
 
+import hashlib
 from typing import Sequence
 
 import flax.linen as nn
@@ -63,25 +64,52 @@ def _fmix32(x):
   return x ^ (x >> 16)
 
 
-def _torch_uniform(fan_in: int):
+def _torch_uniform(fan_in: int, salt: int = 0):
   """PyTorch's default conv initialiser U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
 
   Hand-written from the key's bits with an integer hash (murmur3's finaliser) instead of
   jax.random.uniform: the model has ~300 weight tensors, and XLA's CPU compile of one threefry
   expansion per tensor made `jax.jit(init)` of the smoke model take ~220 s on this VM (~47 s
-  with the hash). Each tensor still gets its own values from its own key (Flax folds the
-  parameter's path into it), so the seed decides the initialisation."""
+  with the hash). `salt` (a static 32-bit integer) is mixed into the seed: `uniform_param`
+  passes a hash of the parameter's path, so tensors drawn from one key still differ."""
   bound = 1.0 / np.sqrt(max(fan_in, 1))
 
   def init(key, shape, dtype=jnp.float32):
     words = jax.random.key_data(key).reshape(-1).astype(jnp.uint32)
     seed = _fmix32(words[0] ^ _fmix32(words[-1] + jnp.uint32(0x9E3779B9)))
+    if salt:
+      seed = _fmix32(seed ^ jnp.uint32(salt))
     x = jnp.arange(int(np.prod(shape)), dtype=jnp.uint32) * jnp.uint32(0x9E3779B9) + seed
     x = _fmix32(_fmix32(x) ^ _fmix32(seed ^ jnp.uint32(0x85EBCA6B)))
     unit = (x >> 8).astype(jnp.float32) / float(1 << 24)                  # [0, 1)
     return (bound * (2.0 * unit - 1.0)).reshape(shape).astype(dtype)
 
   return init
+
+
+def _path_salt(path) -> int:
+  digest = hashlib.sha1("/".join(str(p) for p in path).encode()).digest()
+  return int.from_bytes(digest[:4], "little") | 1                           # never 0
+
+
+def uniform_param(module: nn.Module, name: str, fan_in: int, shape) -> jax.Array:
+  """`module.param(name, U(+-1/sqrt(fan_in)), shape)` seeded by the init key of the whole model
+  and a hash of the parameter's path (module path + name), not by the per-parameter key Flax
+  derives: Flax's derivation is one `fold_in` (a threefry expansion) per parameter, which XLA's
+  CPU backend compiles slowly (200 of them: ~20 s); unused, it is dead code and drops out of
+  the compiled init. The seed still decides every value, and every tensor differs. Falls back
+  to Flax's per-parameter key where the root key is not reachable (other Flax internals)."""
+  root = None
+  if module.is_initializing():
+    try:
+      root = module.scope.rngs["params"].rng
+      salt = _path_salt(tuple(module.scope.path) + (name,))
+    except (AttributeError, KeyError, TypeError):
+      root = None
+  if root is None or not isinstance(root, jax.Array):
+    return module.param(name, _torch_uniform(fan_in), shape)
+  init = _torch_uniform(fan_in, salt)
+  return module.param(name, lambda _key, shape: init(root, shape), shape)
 
 
 def _merge_parts(x: jax.Array) -> jax.Array:
@@ -120,17 +148,17 @@ class PartConv(nn.Module):
   def __call__(self, x):
     parts, cin = x.shape[3], x.shape[4]
     shape = (self.kernel_t, self.kernel_f, cin, self.features)
-    init = _torch_uniform(cin * self.kernel_t * self.kernel_f)
-    real = self.param("kernel_real", init, shape)
-    kernel = real if parts == 1 else complex_block_kernel(real, self.param("kernel_imag", init,
-                                                                           shape))
+    fan_in = cin * self.kernel_t * self.kernel_f
+    real = uniform_param(self, "kernel_real", fan_in, shape)
+    kernel = real if parts == 1 else complex_block_kernel(
+        real, uniform_param(self, "kernel_imag", fan_in, shape))
     context = time_context(self, _merge_parts(x), self.dilation_t * (self.kernel_t - 1))
     pad_f = self.dilation_f * (self.kernel_f - 1) // 2
     y = _conv2d(context, kernel.astype(x.dtype), self.stride_f,
                 (self.dilation_t, self.dilation_f), (pad_f, pad_f))
     y = _split_parts(y, parts)
     if self.use_bias:
-      y = y + self.param("bias", init, (parts, self.features)).astype(x.dtype)
+      y = y + uniform_param(self, "bias", fan_in, (parts, self.features)).astype(x.dtype)
     return y
 
 
@@ -152,14 +180,14 @@ class PartDepthwiseSeparable(nn.Module):
     # Both parts through the same depthwise kernel: parts folded into the batch.
     folded = jnp.moveaxis(context, 3, 1).reshape((batch * parts, frames, bins, cin))
     pad_f = self.dilation * (self.kernel_f - 1) // 2
-    depth_init = _torch_uniform(self.kernel_t * self.kernel_f)
-    point_init = _torch_uniform(cin)
+    depth_fan_in, point_fan_in = self.kernel_t * self.kernel_f, cin
 
     def branch(suffix):
-      depth_kernel = self.param(f"depthwise_{suffix}", depth_init,
-                                (self.kernel_t, self.kernel_f, 1, cin))
-      point_kernel = self.param(f"pointwise_{suffix}", point_init, (cin, self.features))
-      point_bias = self.param(f"bias_{suffix}", point_init, (self.features,))
+      depth_kernel = uniform_param(self, f"depthwise_{suffix}", depth_fan_in,
+                                   (self.kernel_t, self.kernel_f, 1, cin))
+      point_kernel = uniform_param(self, f"pointwise_{suffix}", point_fan_in,
+                                   (cin, self.features))
+      point_bias = uniform_param(self, f"bias_{suffix}", point_fan_in, (self.features,))
       y = _conv2d(folded, depth_kernel.astype(x.dtype), 1, (self.dilation, self.dilation),
                   (pad_f, pad_f), groups=cin)
       y = y @ point_kernel.astype(x.dtype) + point_bias.astype(x.dtype)
@@ -297,9 +325,8 @@ class _TimeFrequencyGate(nn.Module):
     channels = x.shape[-1]
 
     def causal_time_conv(name, values, cin):   # values [B', T, F', cin] -> [B', T, F', 1]
-      w = self.param(f"{name}_kernel", _torch_uniform(cin * self.kernel),
-                     (self.kernel, 1, cin, 1))
-      b = self.param(f"{name}_bias", _torch_uniform(cin * self.kernel), (1,))
+      w = uniform_param(self, f"{name}_kernel", cin * self.kernel, (self.kernel, 1, cin, 1))
+      b = uniform_param(self, f"{name}_bias", cin * self.kernel, (1,))
       context = time_context(self, values, self.kernel - 1, name=name)
       return _conv2d(context, w.astype(values.dtype)) + b.astype(values.dtype)
 
@@ -344,4 +371,4 @@ class TimeFrequencyAttention(nn.Module):
 
 __all__ = ["ConvNormAct", "DilatedDense", "NORM_MODES", "PartConv", "PartDepthwiseSeparable",
            "PartNorm", "PartPReLU", "STREAM", "SubPixelUp", "TimeFrequencyAttention",
-           "complex_block_kernel", "time_context"]
+           "complex_block_kernel", "time_context", "uniform_param"]
