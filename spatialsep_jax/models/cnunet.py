@@ -167,7 +167,8 @@ class CNUNet(nn.Module):
     if references is None or "sources" not in references:
       raise ValueError("this CNUNet is a stage-1 model (model.teacher set): it reads the clean "
                        "target, so call it with references={'sources': [B, S, T]} (training "
-                       "and validation); stage-1 models are not inference models")
+                       "and validation), or score it with --config.eval.oracle_train_inputs=True "
+                       "(marked as an oracle teacher input); it is not an inference model")
     if self.teacher is None:
       raise ValueError("model.teacher_dim > 0 but no teacher function was given")
     clean = references["sources"][:, 0].astype(jnp.float32)
