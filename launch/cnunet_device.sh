@@ -70,8 +70,10 @@ stamp "variant $VARIANT, $STEPS steps, runs: $RUNGS${TWO_STAGE:+ + two-stage cha
 
 # 4. The one-core streaming RTF (CPU only, its own core), while the GPU trains.
 (
-  for rung in cnunet_tb cnunet_complex_sb; do
-    timeout $(( DEADLINE - STOP_MARGIN - SECONDS )) taskset -c $RTF_CORE python3 launch/cnunet_measure.py \
+  for rung in cnunet_tb cnunet_complex_sb; do   # each at most RTF_LIMIT s (compile included)
+    left=$(( DEADLINE - 30 - SECONDS )); limit=${RTF_LIMIT:-230}; (( left < limit )) && limit=$left
+    (( limit < 20 )) && break
+    timeout $limit taskset -c $RTF_CORE python3 launch/cnunet_measure.py \
       --variant=$VARIANT --rungs= --rtf=$rung --rtf_seconds=${RTF_SECONDS:-3} --out=$ROOT/rtf/$rung.json \
       > $ROOT/rtf_$rung.log 2>&1 || echo "[rtf] $rung: exit $?" >> $ROOT/rtf_$rung.log
   done
