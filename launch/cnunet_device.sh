@@ -148,8 +148,13 @@ for dir in $ROOT/cnunet_* $ROOT/two_stage/stage1 $ROOT/two_stage/stage2; do
   timeout $(( DEADLINE - 30 - SECONDS )) taskset -c $WORK_CORES python3 launch/evaluate.py \
     --config=configs/$config.py:$VARIANT $SETS $extra --workdir=$dir --checkpoint=$which \
     > $dir.evaluate.log 2>&1 &
+  EVAL_PIDS="${EVAL_PIDS:-} $!"
 done
-while [ $SECONDS -lt $(( DEADLINE - 28 )) ] && pgrep -P $$ python3 >/dev/null; do sleep 3; done
+# Wait for the evaluations: these, and those of runs that finished training in time.
+while [ $SECONDS -lt $(( DEADLINE - 28 )) ]; do
+  alive=""; for pid in ${EVAL_PIDS:-} $(train_pids); do kill -0 $pid 2>/dev/null && alive=1; done
+  [ -z "$alive" ] && break; sleep 3
+done
 # Whatever still runs now is out of time (own evaluations included): stopped, rows kept.
 for pid in $(pgrep -P $$) ${CHAIN_PID:+$(pgrep -P $CHAIN_PID)}; do
   [ "$pid" = "$RTF_PID" ] && continue
