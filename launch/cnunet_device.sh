@@ -88,7 +88,7 @@ timeout $(( DEADLINE - STOP_MARGIN - SECONDS )) taskset -c $WORK_CORES python3 l
 tail -4 $ROOT/render.log | tee -a $LOG
 
 # 2. + 3. Training (and each run's test evaluation when it ends in time).
-declare -A PIDS
+declare -A PIDS STOP_PID
 for rung in ${RUNGS//,/ }; do
   taskset -c $WORK_CORES python3 launch/train.py --config=configs/$rung.py:$VARIANT $SETS \
     --workdir=$ROOT/$rung > $ROOT/$rung.log 2>&1 &
@@ -122,6 +122,7 @@ for dir in $ROOT/cnunet_* $ROOT/two_stage/stage1 $ROOT/two_stage/stage2; do
   for pid in $(train_pids); do
     if tr '\0' ' ' < /proc/$pid/cmdline 2>/dev/null | grep -q -- "--workdir=$dir "; then
       stamp "stopping $(basename $dir) (pid $pid, still training)"; kill -TERM $pid; STOPPED="${STOPPED:-} $pid"
+      STOP_PID[$dir]=$pid
     fi
   done
 done
@@ -133,11 +134,16 @@ done
 for dir in $ROOT/cnunet_* $ROOT/two_stage/stage1 $ROOT/two_stage/stage2; do
   [ -d $dir/checkpoints ] || continue
   ls $dir/eval/*/summary.json >/dev/null 2>&1 && continue
-  running=""
-  for pid in $(train_pids); do
-    tr '\0' ' ' < /proc/$pid/cmdline 2>/dev/null | grep -q -- "--workdir=$dir " && running=1
-  done
-  [ -n "$running" ] && continue      # finished training in time: its own evaluation runs
+  if [ -n "${STOP_PID[$dir]:-}" ]; then   # stopped above: evaluate once it has saved and exited
+    while kill -0 ${STOP_PID[$dir]} 2>/dev/null && [ $SECONDS -lt $(( DEADLINE - 60 )) ]; do sleep 1; done
+    kill -0 ${STOP_PID[$dir]} 2>/dev/null && { stamp "$(basename $dir) did not exit after SIGTERM"; continue; }
+  else
+    running=""
+    for pid in $(train_pids); do
+      tr '\0' ' ' < /proc/$pid/cmdline 2>/dev/null | grep -q -- "--workdir=$dir " && running=1
+    done
+    [ -n "$running" ] && continue    # finished training in time: its own evaluation runs
+  fi
   case $dir in
     */stage1) config=cnunet_tb_stage1; extra="--config.model.teacher_path=$ROOT/two_stage/teacher.npz" ;;
     */stage2) config=cnunet_tb_ts; extra="--config.data.cnunet_latents=$ROOT/two_stage/latents" ;;
