@@ -22,7 +22,7 @@
 set -u
 STEPS=${1:-300}
 DEADLINE=${DEADLINE:-540}
-STOP_MARGIN=${STOP_MARGIN:-125}     # seconds before DEADLINE at which training stops
+STOP_MARGIN=${STOP_MARGIN:-150}     # seconds before DEADLINE at which training stops
 VARIANT=${VARIANT:-gpu}
 RUNGS=${RUNGS:-cnunet_real_sb,cnunet_complex_sb,cnunet_tb}
 TWO_STAGE=${TWO_STAGE:-1}; [ "$TWO_STAGE" = 0 ] && TWO_STAGE=""
