@@ -13,21 +13,7 @@ ROOT=${NASS_DIR:-/tmp/nass}
 VARIANT=${VARIANT:-gpu}
 OUT=${OUT:-/tmp/nass_out}
 mkdir -p $OUT $ROOT
-if [ -z "${SKIP_WHEELS:-}" ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site
-fi
-export PYTHONUNBUFFERED=1 JAX_COMPILATION_CACHE_DIR=/tmp/jax_cache
-# Without an installed checkout (the device copy), spatialsep_jax.configs / .launch are the
-# top-level folders (pyproject's package-dir mapping): link them in this copy only.
-REPO=$PWD
-if ! (cd /tmp && python3 -c "import spatialsep_jax.launch.common, spatialsep_jax.configs.base" 2>/dev/null); then
-  export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$REPO
-  [ -e spatialsep_jax/configs ] || ln -s ../configs spatialsep_jax/configs
-  [ -e spatialsep_jax/launch ] || ln -s ../launch spatialsep_jax/launch
-  (cd /tmp && python3 -c "import spatialsep_jax.launch.common, spatialsep_jax.configs.base, data_pipeline.dataset") || exit 1
-  echo "[nass] linked spatialsep_jax/configs and spatialsep_jax/launch in the device copy"
-fi
+. "$(dirname "$0")/device_env.sh"
 NUM=$(echo "$CONFIGS" | tr ',' '\n' | wc -l)
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${MEM_FRACTION:-$(python3 -c "print(round(0.9 / ($NUM + 1), 3))")}
 python3 -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, jax.devices())"

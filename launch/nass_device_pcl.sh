@@ -37,21 +37,7 @@ mkdir -p "$OUT" "$ROOT"
 TIMELINE=$OUT/timeline.txt
 : > "$TIMELINE"
 mark() { echo "[nass-pcl] $SECONDS s: $*" | tee -a "$TIMELINE"; }
-if [ -z "${SKIP_WHEELS:-}" ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site ${WHEELS:-.whl}/*.whl || exit 1
-  export PYTHONPATH=/tmp/site
-fi
-export PYTHONUNBUFFERED=1 JAX_COMPILATION_CACHE_DIR=/tmp/jax_cache
-# Without an installed checkout (the device copy), spatialsep_jax.configs / .launch are the
-# top-level folders (pyproject's package-dir mapping): link them in this copy only.
-REPO=$PWD
-if ! (cd /tmp && python3 -c "import spatialsep_jax.launch.common, spatialsep_jax.configs.base" 2>/dev/null); then
-  export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$REPO
-  [ -e spatialsep_jax/configs ] || ln -s ../configs spatialsep_jax/configs
-  [ -e spatialsep_jax/launch ] || ln -s ../launch spatialsep_jax/launch
-  (cd /tmp && python3 -c "import spatialsep_jax.launch.common, spatialsep_jax.configs.base, data_pipeline.dataset") || exit 1
-  mark "linked spatialsep_jax/configs and spatialsep_jax/launch in this copy"
-fi
+. "$(dirname "$0")/device_env.sh"
 python3 -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, jax.devices())" | tee -a "$TIMELINE"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | tee -a "$TIMELINE"
 # One data section for every run (the same render; scenes seeded by split and index, so these
