@@ -87,6 +87,15 @@ def check_manifest(config, manifest: Mapping[str, Any]) -> None:
                      "without them; render with data.store_images=True or turn dynamic mixing off")
 
 
+def audio_shapes(samples: int, num_sources: int, num_input_channels: int,
+                 num_target_mics: int) -> dict[str, tuple[int, ...]]:
+  """Per-example shapes of a batch's audio keys (what `output_signature` batches)."""
+  t, s, mt = samples, num_sources, num_target_mics
+  return {"mixture": (t, num_input_channels), "sources": (s, t), "noise": (t,),
+          "mixture_reference": (t,), "targets_direct": (s, t, mt),
+          "targets_reverberant": (s, t, mt), "targets_noise": (t, mt)}
+
+
 def epoch_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
   """The training visiting order of epoch ``epoch``: [num_examples] int64."""
   return np.random.default_rng([seed, epoch]).permutation(num_examples)
@@ -226,17 +235,9 @@ class BatchAssembler:
 
   def output_signature(self) -> dict[str, tuple[tuple[int | None, ...], np.dtype]]:
     """Per-key (shape with batch dim None, dtype) of an assembled batch."""
-    t = self.manifest["segment_samples"]
-    s = self.manifest["num_sources"]
-    audio = self.host_audio_dtype
-    mt = len(self.target_mics)
-    signature = {"mixture": ((None, t, len(self.input_channels)), audio),
-                 "sources": ((None, s, t), audio),
-                 "noise": ((None, t), audio),
-                 "mixture_reference": ((None, t), audio),
-                 "targets_direct": ((None, s, t, mt), audio),
-                 "targets_reverberant": ((None, s, t, mt), audio),
-                 "targets_noise": ((None, t, mt), audio)}
+    signature = {key: ((None,) + shape, self.host_audio_dtype) for key, shape in audio_shapes(
+        self.manifest["segment_samples"], self.manifest["num_sources"], len(self.input_channels),
+        len(self.target_mics)).items()}
     for key in self.metadata_keys:
       shape, dtype = self.spec[key]
       signature[key] = ((None,) + shape, dtype)

@@ -164,13 +164,26 @@ def _step_variants(base_arg: str):
       overrides = _model_overrides(model_set)
       for batch_size in map(int, FLAGS.batch_sizes):
         config = common.load_named_config(name, base_arg, common.command_line_overrides())
-        config.model.dtype = FLAGS.dtype or config.model.dtype
+        if FLAGS.dtype:  # models without a dtype field (CNUNet) compute in float32
+          config.model.dtype = FLAGS.dtype
         for key, value in overrides.items():
           if key not in config.model:
             common.fail(f"--model_set names model.{key}, which the config does not have")
           config.model[key] = value
         config.train.batch_size = batch_size
         yield name, model_set, batch_size, config
+
+
+def _synthetic_shapes(config, programs, samples: int) -> dict[str, tuple[int, ...]]:
+  """Per-example shapes of the audio keys the step reads (the loader's own table), for a
+  synthetic batch: the mixture and sources always, noise / per-mic targets / the SI-SDRi
+  baseline where the model or its loss terms read them."""
+  from data_pipeline import loader
+  shapes = loader.audio_shapes(samples, config.data.num_sources,
+                               len(config.data.input_channels),
+                               len(config.data.get("target_mics", ()) or ()) or 1)
+  wanted = {"mixture", "sources"} | set(programs.step_keys)
+  return {key: shape for key, shape in shapes.items() if key in wanted}
 
 
 def bench_step_cost(base_arg: str, workdir: str) -> None:
@@ -183,17 +196,12 @@ def bench_step_cost(base_arg: str, workdir: str) -> None:
     programs = train.build_programs(config)
     state = jax.eval_shape(programs.init, jax.random.key(0))
     samples = train.example_input_shape(config)[1]
-    batch = {"mixture": jax.ShapeDtypeStruct(
-                 (batch_size, samples, len(config.data.input_channels)), jnp.float32),
-             "sources": jax.ShapeDtypeStruct(
-                 (batch_size, config.data.num_sources, samples), jnp.float32)}
-    # the other keys a step may read (noise-aware terms, SI-SDRi baseline), as bench_step feeds
-    batch.update({key: jax.ShapeDtypeStruct((batch_size, samples), jnp.float32)
-                  for key in ("noise", "mixture_reference") if key in programs.step_keys})
+    batch = {key: jax.ShapeDtypeStruct((batch_size,) + shape, jnp.float32)
+             for key, shape in _synthetic_shapes(config, programs, samples).items()}
     cost = programs.train_step.lower(state, batch).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     _record(workdir, {"benchmark": "step_cost", "config": name, "variant": base_arg,
-                      "batch_size": batch_size, "dtype": config.model.dtype,
+                      "batch_size": batch_size, "dtype": config.model.get("dtype", "float32"),
                       "model_overrides": model_set,
                       "scan_blocks": bool(config.model.get("scan_blocks", False)),
                       "bytes_accessed_gb": float(cost.get("bytes accessed", float("nan"))) / 1e9,
@@ -249,13 +257,8 @@ def bench_step(base_arg: str, workdir: str) -> None:
     state = programs.init(jax.random.key(0))
     samples = train.example_input_shape(config)[1]
     rng = np.random.default_rng(0)
-    host_batch = {
-        "mixture": rng.normal(size=(batch_size, samples, len(config.data.input_channels)))
-                   .astype(np.float32),
-        "sources": rng.normal(size=(batch_size, config.data.num_sources, samples))
-                   .astype(np.float32),
-        "noise": rng.normal(size=(batch_size, samples)).astype(np.float32),
-        "mixture_reference": rng.normal(size=(batch_size, samples)).astype(np.float32)}
+    host_batch = {key: rng.normal(size=(batch_size,) + shape).astype(np.float32)
+                  for key, shape in _synthetic_shapes(config, programs, samples).items()}
     batch = (programs.inputs(host_batch) if hasattr(programs, "inputs")
              else train.step_inputs(host_batch, programs.mesh))
     start = time.perf_counter()
@@ -291,7 +294,7 @@ def bench_step(base_arg: str, workdir: str) -> None:
         jax.block_until_ready(metrics)
     row = {
         "benchmark": "step", "config": name, "variant": base_arg, "batch_size": batch_size,
-        "dtype": config.model.dtype, "depthwise_impl": config.model.get("depthwise_impl"),
+        "dtype": config.model.get("dtype", "float32"), "depthwise_impl": config.model.get("depthwise_impl"),
         "model_overrides": model_set,
         "params": models.count_params(jax.device_get(state.params)),
         "step_ms": 1e3 * step_s, "samples_per_s": batch_size / step_s,
