@@ -17,7 +17,7 @@ import sys
 
 if "--rtf" in " ".join(sys.argv):  # one CPU thread for the one-core figure (before jax loads)
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                             + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+                             + " --xla_cpu_multi_thread_eigen=false")
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 from absl import app, flags
