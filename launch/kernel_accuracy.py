@@ -8,30 +8,25 @@ the validation curve). Prints a markdown table: mean of each run, and b - a with
 Student-t interval of the paired difference, per metric.
 """
 
-import csv
 import json
 import os
 
 from absl import app, flags
 
-from spatialsep_jax import metrics
+from spatialsep_jax import evaluation, metrics
+from spatialsep_jax.configs.proj.study import report
 
 _A = flags.DEFINE_string("a", None, "folder of the reference run (rows.csv)", required=True)
 _B = flags.DEFINE_string("b", None, "folder of the compared run (rows.csv)", required=True)
 _METRICS = flags.DEFINE_list("metrics", ["sisdr_improvement", "sdr_improvement", "sisdr"],
-                             "columns of rows.csv to pair (sdr_improvement = sdr - sdr_mixture)")
+                             "columns of rows.csv to pair")
 
 
-def read_rows(folder: str) -> dict[str, dict]:
-  path = os.path.join(folder, "rows.csv")
-  if not os.path.exists(path):
+def read_rows(folder: str) -> dict[int, dict]:
+  rows = evaluation.read_rows(os.path.join(folder, "rows.csv"))
+  if not rows:
     raise SystemExit(f"error: no rows.csv in {folder}; point --a/--b at an evaluation's folder")
-  with open(path) as f:
-    rows = {row["example_id"]: row for row in csv.DictReader(f)}
-  for row in rows.values():
-    if "sdr" in row and "sdr_mixture" in row:
-      row["sdr_improvement"] = float(row["sdr"]) - float(row["sdr_mixture"])
-  return rows
+  return {int(row["example_id"]): row for row in rows}
 
 
 def validation_curve(folder: str) -> dict[int, float]:
@@ -46,17 +41,25 @@ def validation_curve(folder: str) -> dict[int, float]:
 
 
 def paired_table(rows_a: dict, rows_b: dict, names: list[str]) -> str:
-  common = sorted(set(rows_a) & set(rows_b), key=int)
+  """b - a per metric over the mixtures both scored (the study report's paired differences),
+  with the separation / sex-pair breakdown of the first metric."""
+  common = sorted(set(rows_a) & set(rows_b))
   if not common:
     raise SystemExit("error: the two evaluations share no example_id; score the same split")
   lines = [f"{len(common)} test mixtures in both", "",
-           "| metric (dB) | a | b | b - a [95% CI] |", "| --- | --- | --- | --- |"]
-  for name in names:
-    a = [float(rows_a[i][name]) for i in common]
-    b = [float(rows_b[i][name]) for i in common]
-    mean_diff, lo, hi = metrics.mean_ci95([y - x for x, y in zip(a, b)])
-    lines.append(f"| {name} | {metrics.mean_ci95(a)[0]:.3f} | {metrics.mean_ci95(b)[0]:.3f} | "
-                 f"{mean_diff:+.3f} [{lo:+.3f}, {hi:+.3f}] |")
+           "| metric (dB) | subset | n | a | b | b - a [95% CI] |",
+           "| --- | --- | --- | --- | --- | --- |"]
+  for k, name in enumerate(names):
+    for subset, diff in report.paired_differences(rows_b, rows_a, name).items():
+      if k and subset != "all":
+        continue
+      means = ["-", "-"]
+      if subset == "all":
+        means = [f"{metrics.mean_ci95([float(rows[i][name]) for i in common])[0]:.3f}"
+                 for rows in (rows_a, rows_b)]
+      lo, hi = diff["ci95"]
+      lines.append(f"| {name} | {subset} | {diff['n']} | {means[0]} | {means[1]} | "
+                   f"{diff['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}] |")
   return "\n".join(lines)
 
 
