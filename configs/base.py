@@ -158,6 +158,7 @@ def get_base_config(variant: str = "") -> ml_collections.ConfigDict:
   ev.vocoder = True
   ev.num_workers = 0                  # 0 = os.cpu_count()
   ev.save_examples = 4
+  ev.save_estimates = False           # keep every scored estimate (<eval>/estimates/) to rescore
 
   if not variant:
     data.segment_seconds = 2.0
