@@ -55,6 +55,7 @@ def _environment() -> dict:
   device = jax.devices()[0]
   return {"device": getattr(device, "device_kind", str(device)), "num_devices": jax.device_count(),
           "jax": jax.__version__, "python": platform.python_version(), "cpus": os.cpu_count(),
+          "xla_flags": os.environ.get("XLA_FLAGS", ""),
           "command": " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])}
 
 

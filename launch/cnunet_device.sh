@@ -18,7 +18,10 @@
 # Usage: bash launch/cnunet_device.sh [STEPS]
 #   VARIANT=smoke SKIP_WHEELS=1 OUT=/tmp/cn_dry_out for a CPU dry run (any small sizes);
 #   NTRAIN NVAL NTEST ROOMS SEGMENT  data sizes; BATCH; EVAL_EVERY; MODEL_SETS (extra
-#   --config.model.* overrides for every run, e.g. a smaller depth); TEACHER_STEPS.
+#   --config.model.* overrides for every run, e.g. a smaller depth); TEACHER_STEPS;
+#   SAVE_ESTIMATES=True keeps every test estimate (eval/*/estimates/, FLAC) in the results, for
+#   the metrics the GPU host cannot compute (DNSMOS; PESQ where it did not build): rescore them
+#   here with launch/evaluate.py --estimates=<eval folder>/estimates.
 set -u
 STEPS=${1:-300}
 DEADLINE=${DEADLINE:-540}
@@ -34,21 +37,7 @@ WORK_CORES=${WORK_CORES:-0-$(( NCPU > 1 ? NCPU - 2 : 0 ))}
 mkdir -p $OUT $ROOT
 LOG=$ROOT/device.log
 stamp() { echo "[cnunet $(date +%T) ${SECONDS}s] $*" | tee -a $LOG; }
-if [ -z "${SKIP_WHEELS:-}" ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site ${WHEELS:-.whl}/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$PWD
-else
-  export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
-fi
-export PYTHONUNBUFFERED=1 JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/jax_cache}
-# Without an installed checkout (the device copy), spatialsep_jax.configs / .launch are the
-# top-level folders (pyproject's package-dir mapping): link them in this copy only.
-if ! (cd /tmp && python3 -c "import spatialsep_jax.launch.common, spatialsep_jax.configs.base" 2>/dev/null); then
-  [ -e spatialsep_jax/configs ] || ln -s ../configs spatialsep_jax/configs
-  [ -e spatialsep_jax/launch ] || ln -s ../launch spatialsep_jax/launch
-  (cd /tmp && python3 -c "import spatialsep_jax.launch.common, spatialsep_jax.configs.base, data_pipeline.dataset") || exit 1
-  stamp "linked spatialsep_jax/configs and spatialsep_jax/launch in this copy"
-fi
+source launch/device_env.sh   # wheels (+ pesq from its sdist), cache, checkout on PYTHONPATH
 python3 -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, jax.devices())" 2>&1 | tee -a $LOG
 python3 -c "import pesq" 2>/dev/null && HAVE_PESQ=1 || HAVE_PESQ=""
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | tee -a $LOG
@@ -63,7 +52,7 @@ SETS="--config.data.shards_dir=$DATA --config.data.num_examples.train=${NTRAIN:-
  --config.train.num_steps=$STEPS --config.train.batch_size=${BATCH:-16}
  --config.train.eval_every=${EVAL_EVERY:-50} --config.train.checkpoint_every=${EVAL_EVERY:-50}
  --config.train.eval_batches=${EVAL_BATCHES:-2} --config.eval.metrics=$METRICS
- --config.eval.num_workers=${EVAL_WORKERS:-3} --config.eval.save_examples=${SAVE_EXAMPLES:-4}
+ --config.eval.num_workers=${EVAL_WORKERS:-3} --config.eval.save_examples=${SAVE_EXAMPLES:-4} --config.eval.save_estimates=${SAVE_ESTIMATES:-False}
  --config.eval.compare_pretrained=False ${MODEL_SETS:-}"
 SETS=$(echo $SETS)
 stamp "variant $VARIANT, $STEPS steps, runs: $RUNGS${TWO_STAGE:+ + two-stage chain}, mem fraction $XLA_PYTHON_CLIENT_MEM_FRACTION, pesq ${HAVE_PESQ:-absent}, work cores $WORK_CORES, RTF core $RTF_CORE, deadline $DEADLINE s"
@@ -170,12 +159,19 @@ kill -TERM $(pgrep -P $RTF_PID) 2>/dev/null
 sleep 3
 stamp "packing"
 for f in $ROOT/*.log $ROOT/two_stage/*.log; do
+  [ -e "$f" ] || continue
   tr '\r' '\n' < $f | grep -v "it/s\]\|ex/s\]\|step/s\]" > $f.clean 2>/dev/null; mv $f.clean $f
 done
 (cd $ROOT && tar czf $OUT/cnunet_results.tar.gz --exclude=checkpoints --exclude=data --exclude='*.npy' \
+  --exclude=estimates \
   --exclude=teacher.npz *.log rtf */config.json */train_summary.json */logs/metrics.jsonl */eval \
   two_stage/*.log two_stage/*/config.json two_stage/*/train_summary.json two_stage/*/logs/metrics.jsonl \
   two_stage/*/eval two_stage/latents/latents.json data/manifest.json 2>/dev/null)
+for dir in $ROOT/cnunet_* $ROOT/two_stage/stage1 $ROOT/two_stage/stage2; do  # FLAC: no gzip
+  ls -d $dir/eval/*/estimates >/dev/null 2>&1 || continue
+  name=$(basename $dir); [ $name = stage1 -o $name = stage2 ] && name=two_stage_$name
+  (cd $dir && tar cf $OUT/estimates_$name.tar eval/*/estimates eval/*/rows.csv)
+done
 python3 - <<EOF 2>&1 | tee $OUT/cnunet_summary.txt
 import glob, json, os
 for path in sorted(glob.glob("$ROOT/**/eval/*/summary.json", recursive=True)):

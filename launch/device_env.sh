@@ -16,3 +16,14 @@ if ! (cd /tmp && python3 -c "import spatialsep_jax.launch.common, spatialsep_jax
   (cd /tmp && python3 -c "import spatialsep_jax.launch.common, spatialsep_jax.configs.base, data_pipeline.dataset") || exit 1
   echo "[device_env] linked spatialsep_jax/configs and spatialsep_jax/launch in this copy"
 fi
+# PESQ from its sdist (no cp312 wheel exists; the image has Cython and a C compiler), where the
+# wheels folder holds pesq-*.tar.gz and the pytest-runner wheel its setup.py asks for.
+PESQ_SDIST=$(ls ${WHEELS:-.whl}/pesq-*.tar.gz 2>/dev/null | head -1)
+if [ -n "$PESQ_SDIST" ] && ! python3 -c "import pesq" 2>/dev/null; then
+  if timeout 180 python3 -m pip install -q --no-index --no-deps --no-build-isolation \
+      --target /tmp/site $PESQ_SDIST > /tmp/pesq_build.log 2>&1 && python3 -c "import pesq" 2>/dev/null; then
+    echo "[device_env] pesq built from $PESQ_SDIST"
+  else
+    echo "[device_env] pesq did not build from $PESQ_SDIST:"; tail -4 /tmp/pesq_build.log
+  fi
+fi
