@@ -127,6 +127,7 @@ def get_base_config(variant: str = "") -> ml_collections.ConfigDict:
   optim.decay_every_steps = 0         # StepLR; 0 = derive from train.num_steps
   optim.decay_factor = 0.2
   optim.clip_norm = 5.0
+  optim.flatten = False               # optimizer on one concatenated vector (optax.flatten)
 
   # ---------------------------------------------------------------- training
   train = config.train = ml_collections.ConfigDict()

@@ -82,6 +82,7 @@ def cnunet_config(rung: str, arg: str = ""):
   optim.weight_decay = 0.02
   optim.learning_rate = 7.5e-4
   optim.decay_factor = 0.5
+  optim.flatten = True              # ~1,300 parameter tensors: one vector for the optimizer
 
   ev = config.eval
   ev.task = "enhancement"

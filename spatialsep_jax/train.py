@@ -80,7 +80,9 @@ OPTIMIZERS = ("adam", "adamw")
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
   """Adam (or AdamW with `optim.weight_decay`, decoupled as in torch.optim.AdamW) with
-  global-norm clipping; non-finite updates are skipped and counted."""
+  global-norm clipping; non-finite updates are skipped and counted. `optim.flatten` runs it
+  on all parameters concatenated into one vector (optax.flatten; the checkpointed optimizer
+  state then holds vectors, so a run cannot switch it on resume)."""
   name = config.optim.get("name", "adam")
   if name not in OPTIMIZERS:
     raise ValueError(f"optim.name={name!r} is not one of {OPTIMIZERS}; set --config.optim.name")
@@ -92,7 +94,13 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
   inner = optax.chain(optax.clip_by_global_norm(config.optim.clip_norm), base)
   # The host stops the run after `max_consecutive_nonfinite`; optax's own limit is set
   # out of reach so a bad update is never let through.
-  return optax.apply_if_finite(inner, max_consecutive_errors=2**30)
+  guarded = optax.apply_if_finite(inner, max_consecutive_errors=2**30)
+  if config.optim.get("flatten", False):
+    # One vector instead of a tree: the same update elementwise, but a model of ~1,300 small
+    # tensors (CNUNet) lowers its optimizer to ~20 ops per tensor otherwise (66k of the
+    # real SB step's 103k StableHLO ops), and XLA's compile time follows the op count.
+    return optax.flatten(guarded)
+  return guarded
 
 
 def example_input_shape(config) -> tuple[int, int, int]:
@@ -321,6 +329,8 @@ def config_fingerprint(config) -> str:
   if relevant["optim"].get("name", "adam") == "adam" and not relevant["optim"].get("weight_decay"):
     relevant["optim"].pop("name", None)
     relevant["optim"].pop("weight_decay", None)
+  if not relevant["optim"].get("flatten"):   # added later, the same rule
+    relevant["optim"].pop("flatten", None)
   for field in dataset.RESULT_NEUTRAL_FIELDS:
     relevant["data"].pop(field, None)
   relevant["data"] = dataset.identity_data(relevant["data"])  # noise fields a config leaves unused

@@ -288,3 +288,28 @@ def test_adamw_decays_weights_decoupled_from_the_gradient():
   config.optim.name = "sgd"
   with pytest.raises(ValueError, match="optim.name='sgd'"):
     train.make_optimizer(config)
+
+
+def test_flattened_optimizer_gives_the_same_updates_and_still_skips_nonfinite_steps():
+  """optim.flatten (optax.flatten around the guarded AdamW) against the tree optimizer: the
+  same updates over three steps on a tree of mixed shapes, the same non-finite count."""
+  config = mono.get_config("smoke")
+  config.optim.name, config.optim.weight_decay, config.optim.learning_rate = "adamw", 0.02, 1e-2
+  tree = train.make_optimizer(config)
+  config.optim.flatten = True
+  flat = train.make_optimizer(config)
+  rng = np.random.default_rng(0)
+  params = {"a": rng.normal(size=(3, 4)).astype(np.float32),
+            "b": {"c": rng.normal(size=(5,)).astype(np.float32), "d": np.float32(0.3)}}
+  states = [tree.init(params), flat.init(params)]
+  for step in range(3):
+    grads = jax.tree_util.tree_map(lambda p: rng.normal(size=np.shape(p)).astype(np.float32),
+                                   params)
+    if step == 1:
+      grads["a"][0, 0] = np.nan
+    out = [opt.update(grads, state, params) for opt, state in zip((tree, flat), states)]
+    states = [o[1] for o in out]
+    jax.tree_util.tree_map(
+        lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-8), out[0][0], out[1][0])
+    assert int(train.nonfinite_count(states[0])) == int(train.nonfinite_count(states[1])) == \
+        (1 if step == 1 else 0)

@@ -172,7 +172,7 @@ def paired_differences(rows_a: dict[int, dict], rows_b: dict[int, dict],
                               evaluation.SEPARATION_BINS)
   subsets.update({name: [int(r["example_id"]) for r in rows] for name, rows in binned.items()})
   for pair in ("same-sex", "female-male"):
-    subsets[pair] = [i for i in shared if rows_a[i]["sex_pair"] == pair]
+    subsets[pair] = [i for i in shared if rows_a[i].get("sex_pair") == pair]  # none: one talker
   out = {}
   for name, ids in subsets.items():
     if ids and metric in rows_a[ids[0]] and metric in rows_b[ids[0]]:
