@@ -189,7 +189,9 @@ def _synthetic_shapes(config, programs, samples: int) -> dict[str, tuple[int, ..
 
 def bench_step_cost(base_arg: str, workdir: str) -> None:
   """Bytes and FLOPs of one compiled training step by XLA's cost model on this backend (no
-  step runs). Use unrolled blocks: the cost model counts a scanned loop's body once."""
+  step runs), with the StableHLO op count and the lowering and compile seconds (compile
+  time follows the program's size: `--config.optim.flatten` shrinks a many-tensor model's).
+  Use unrolled blocks: the cost model counts a scanned loop's body once."""
   import jax
   import jax.numpy as jnp
   from spatialsep_jax import train
@@ -199,12 +201,21 @@ def bench_step_cost(base_arg: str, workdir: str) -> None:
     samples = train.example_input_shape(config)[1]
     batch = {key: jax.ShapeDtypeStruct((batch_size,) + shape, jnp.float32)
              for key, shape in _synthetic_shapes(config, programs, samples).items()}
-    cost = programs.train_step.lower(state, batch).compile().cost_analysis()
+    start = time.perf_counter()
+    lowered = programs.train_step.lower(state, batch)
+    lower_s = time.perf_counter() - start
+    ops = sum(1 for line in lowered.as_text().splitlines()
+              if "=" in line and "stablehlo." in line)
+    start = time.perf_counter()
+    cost = lowered.compile().cost_analysis()
+    compile_s = time.perf_counter() - start
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     _record(workdir, {"benchmark": "step_cost", "config": name, "variant": base_arg,
                       "batch_size": batch_size, "dtype": config.model.get("dtype", "float32"),
                       "model_overrides": model_set,
                       "scan_blocks": bool(config.model.get("scan_blocks", False)),
+                      "optim_flatten": bool(config.optim.get("flatten", False)),
+                      "stablehlo_ops": ops, "lower_s": lower_s, "compile_s": compile_s,
                       "bytes_accessed_gb": float(cost.get("bytes accessed", float("nan"))) / 1e9,
                       "gflops": float(cost.get("flops", float("nan"))) / 1e9})
 
