@@ -9,6 +9,9 @@
 # by side (side by side, call 1 stalled), each at most CASE_LIMIT s, all within DEADLINE s.
 # Usage: WHEELS=build/cn_wheels bash launch/cnunet_gpu_profile.sh  (carry build/cn_wheels)
 #   CASES="cnunet_complex_sb:noautotune,cnunet_real_sb:noautotune,..." BATCH=16 STEPS=20
+#   TRAIN_STEPS=N: the step of a run of N training steps (the schedule is part of the program),
+#   so on a warm machine after `cnunet_device.sh N` the compilation cache serves it (measured
+#   on CPU: a hit only with the same train.num_steps and the loader's float16 batch).
 #   Results: $OUT/profile_results.jsonl, $OUT/profile_logs.tar.gz, $OUT/traces_<case>.tar.gz.
 set -u
 OUT=${OUT:-/tmp/cn_profile_out}
@@ -36,6 +39,7 @@ for case in ${CASES//,/ }; do
   stamp "$case (XLA_FLAGS='$flags', at most $limit s)"
   XLA_FLAGS="$flags" timeout $limit python3 launch/benchmark.py --what=step --step_configs=$rung \
     --batch_sizes=$BATCH --steps=$STEPS --config=configs/$rung.py:gpu \
+    ${TRAIN_STEPS:+--config.train.num_steps=$TRAIN_STEPS} \
     ${PROFILE:+$([ "$PROFILE" = 1 ] && echo --profile_dir=$ROOT/traces_${rung}_$flagset)} \
     --workdir=$ROOT/bench_${rung}_$flagset > $ROOT/${rung}_$flagset.log 2>&1 \
     || stamp "$case: exit $? (timeout 124)"
