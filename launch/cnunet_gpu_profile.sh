@@ -8,7 +8,7 @@
 # jax.profiler trace for launch/profile_summary.py. Cases run one after another, never side
 # by side (side by side, call 1 stalled), each at most CASE_LIMIT s, all within DEADLINE s.
 # Usage: WHEELS=build/cn_wheels bash launch/cnunet_gpu_profile.sh  (carry build/cn_wheels)
-#   CASES="cnunet_complex_sb:noautotune,cnunet_real_sb:noautotune,..." BATCH=16 STEPS=20
+#   CASES="cnunet_tb:xla,cnunet_real_sb:noautotune,..." BATCH=16 STEPS=20
 #   TRAIN_STEPS=N: the step of a run of N training steps (the schedule is part of the program),
 #   so on a warm machine after `cnunet_device.sh N` the compilation cache serves it (measured
 #   on CPU: a hit only with the same train.num_steps and the loader's float16 batch).
@@ -21,7 +21,7 @@ CASE_LIMIT=${CASE_LIMIT:-240}
 BATCH=${BATCH:-16}
 STEPS=${STEPS:-20}
 PROFILE=${PROFILE:-1}
-CASES=${CASES:-cnunet_complex_sb:noautotune,cnunet_real_sb:noautotune,cnunet_tb:noautotune,cnunet_complex_sb:xla}
+CASES=${CASES:-cnunet_tb:xla,cnunet_complex_sb:xla,cnunet_real_sb:xla}   # noautotune: no faster (call 2)
 mkdir -p $OUT $ROOT
 source launch/device_env.sh
 stamp() { echo "[profile $(date +%T) ${SECONDS}s] $*" | tee -a $ROOT/profile.log; }
