@@ -304,7 +304,7 @@ def _score_split(config, out_dir: str, *, split: str, shards_dir: str | None, pr
         for i in todo[name]:
           if i not in found:
             continue
-          references, baseline = _example_references(task, batch, i, config)
+          references, baseline = task.example_references(batch, i, config)
           if name == "model":
             est = found[i]
           else:
@@ -347,16 +347,6 @@ def _score_split(config, out_dir: str, *, split: str, shards_dir: str | None, pr
   return summary, skipped
 
 
-def _example_references(task, batch: dict, i: int, config):
-  """(references [K, T], baseline [T] or [K, T]) of example i, float32: task.example's, without
-  the estimates (the oracles and saved estimates need only these)."""
-  references, baseline = task.task.references(batch, config)
-  references = np.asarray(references[i], np.float32)
-  if references.ndim == 1:
-    references = references[None]
-  return references, np.asarray(baseline[i], np.float32)
-
-
 def evaluate_estimates(config, estimates_dir: str, out_dir: str, *, split: str | None = None,
                        progress: bool = True) -> dict:
   """Scores estimates saved by an evaluation with `config.eval.save_estimates` (their
@@ -386,7 +376,7 @@ def evaluate_estimates(config, estimates_dir: str, out_dir: str, *, split: str |
       path = estimate_path(estimates_dir, int(batch["example_id"][i]))
       if os.path.exists(path):
         estimate = read_estimate(path, rate)
-        references, _ = _example_references(task, batch, i, config)
+        references, _ = task.example_references(batch, i, config)
         if estimate.shape[-1] != references.shape[-1] or len(estimate) < len(references):
           raise ValueError(f"{path} holds {estimate.shape} ([sources, samples]) but example "
                            f"{int(batch['example_id'][i])} of {split} has references of "

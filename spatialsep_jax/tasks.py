@@ -159,13 +159,17 @@ class BoundTask:
     unprocessed = sdr.sisdr_db(baseline, references, jnp).mean(axis=-1)
     return {"sisdr": value, "sisdri": value - unprocessed}
 
-  def example(self, estimates: np.ndarray, batch: dict, index: int, config):
-    """(estimates [N, T], references [K, T], baseline [T] or [K, T]) of one example, float32."""
+  def example_references(self, batch: dict, index: int, config):
+    """(references [K, T], baseline [T] or [K, T]) of one example, float32 numpy."""
     references, baseline = self.task.references(batch, config)
     references = np.asarray(references[index], np.float32)  # numpy in, numpy out
-    baseline = np.asarray(baseline[index], np.float32)
     if references.ndim == 1:
       references = references[None]
+    return references, np.asarray(baseline[index], np.float32)
+
+  def example(self, estimates: np.ndarray, batch: dict, index: int, config):
+    """(estimates [N, T], references [K, T], baseline [T] or [K, T]) of one example, float32."""
+    references, baseline = self.example_references(batch, index, config)
     estimates = np.asarray(estimates, np.float32)
     if self.task.preselect is not None:
       one = {key: np.asarray(batch[key][index:index + 1], np.float32)
