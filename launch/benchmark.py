@@ -187,19 +187,26 @@ def _synthetic_shapes(config, programs, samples: int) -> dict[str, tuple[int, ..
   return {key: shape for key, shape in shapes.items() if key in wanted}
 
 
+def _host_dtype(config):
+  """The loader's host audio dtype (float16 by default): synthetic batches in it make the
+  benchmark compile the trainer's very program (the on-device cast included), so a warm
+  compilation cache serves both."""
+  import numpy as np
+  return np.dtype(config.data.get("host_audio_dtype", "float32"))
+
+
 def bench_step_cost(base_arg: str, workdir: str) -> None:
   """Bytes and FLOPs of one compiled training step by XLA's cost model on this backend (no
   step runs), with the StableHLO op count and the lowering and compile seconds (compile
   time follows the program's size: `--config.optim.flatten` shrinks a many-tensor model's).
   Use unrolled blocks: the cost model counts a scanned loop's body once."""
   import jax
-  import jax.numpy as jnp
   from spatialsep_jax import train
   for name, model_set, batch_size, config in _step_variants(base_arg):
     programs = train.build_programs(config)
     state = jax.eval_shape(programs.init, jax.random.key(0))
     samples = train.example_input_shape(config)[1]
-    batch = {key: jax.ShapeDtypeStruct((batch_size,) + shape, jnp.float32)
+    batch = {key: jax.ShapeDtypeStruct((batch_size,) + shape, _host_dtype(config))
              for key, shape in _synthetic_shapes(config, programs, samples).items()}
     start = time.perf_counter()
     lowered = programs.train_step.lower(state, batch)
@@ -269,10 +276,7 @@ def bench_step(base_arg: str, workdir: str) -> None:
     state = programs.init(jax.random.key(0))
     samples = train.example_input_shape(config)[1]
     rng = np.random.default_rng(0)
-    # In the loader's host dtype (float16 by default): the step the trainer compiles, so a
-    # warm compilation cache serves both and the on-device cast is timed as in training.
-    host_dtype = np.dtype(config.data.get("host_audio_dtype", "float32"))
-    host_batch = {key: rng.normal(size=(batch_size,) + shape).astype(host_dtype)
+    host_batch = {key: rng.normal(size=(batch_size,) + shape).astype(_host_dtype(config))
                   for key, shape in _synthetic_shapes(config, programs, samples).items()}
     batch = (programs.inputs(host_batch) if hasattr(programs, "inputs")
              else train.step_inputs(host_batch, programs.mesh))

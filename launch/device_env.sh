@@ -1,4 +1,5 @@
-# Sourced by the device scripts (launch/nass_device*.sh): the carried wheels into /tmp/site
+# Sourced by the device scripts (launch/nass_device*.sh, cnunet_device.sh, cnunet_gpu_profile.sh):
+# the carried wheels into /tmp/site
 # (WHEELS folder, default .whl; SKIP_WHEELS=1 for a CPU dry run), the compilation cache, and,
 # in a copy of the checkout that is not pip-installed (the GPU host), the checkout on
 # PYTHONPATH with spatialsep_jax.configs / .launch linked to the top-level folders
