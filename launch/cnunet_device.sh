@@ -19,6 +19,8 @@
 #   VARIANT=smoke SKIP_WHEELS=1 OUT=/tmp/cn_dry_out for a CPU dry run (any small sizes);
 #   NTRAIN NVAL NTEST ROOMS SEGMENT  data sizes; BATCH; EVAL_EVERY; MODEL_SETS (extra
 #   --config.model.* overrides for every run, e.g. a smaller depth); TEACHER_STEPS;
+#   EVAL_STOPPED=0 does not evaluate runs stopped by the deadline (a next call on the still-warm
+#   machine, same ROOT, resumes them and the chain, and they evaluate themselves);
 #   SAVE_ESTIMATES=True keeps every test estimate (eval/*/estimates/, FLAC) in the results, for
 #   the metrics the GPU host cannot compute (DNSMOS; PESQ where it did not build): rescore them
 #   here with launch/evaluate.py --estimates=<eval folder>/estimates.
@@ -35,6 +37,7 @@ NCPU=$(nproc)
 RTF_CORE=${RTF_CORE:-$(( NCPU - 1 ))}
 WORK_CORES=${WORK_CORES:-0-$(( NCPU > 1 ? NCPU - 2 : 0 ))}
 mkdir -p $OUT $ROOT
+rm -f $ROOT/two_stage/STOP   # left by an earlier call on this (warm) machine: the chain resumes
 LOG=$ROOT/device.log
 stamp() { echo "[cnunet $(date +%T) ${SECONDS}s] $*" | tee -a $LOG; }
 source launch/device_env.sh   # wheels (+ pesq from its sdist), cache, checkout on PYTHONPATH
@@ -55,7 +58,7 @@ SETS="--config.data.shards_dir=$DATA --config.data.num_examples.train=${NTRAIN:-
  --config.eval.num_workers=${EVAL_WORKERS:-3} --config.eval.save_examples=${SAVE_EXAMPLES:-4} --config.eval.save_estimates=${SAVE_ESTIMATES:-False}
  --config.eval.compare_pretrained=False ${MODEL_SETS:-}"
 SETS=$(echo $SETS)
-stamp "variant $VARIANT, $STEPS steps, runs: $RUNGS${TWO_STAGE:+ + two-stage chain}, mem fraction $XLA_PYTHON_CLIENT_MEM_FRACTION, pesq ${HAVE_PESQ:-absent}, work cores $WORK_CORES, RTF core $RTF_CORE, deadline $DEADLINE s"
+stamp "variant $VARIANT, $STEPS steps, runs: $RUNGS${TWO_STAGE:+ + two-stage chain}, mem fraction $XLA_PYTHON_CLIENT_MEM_FRACTION, pesq ${HAVE_PESQ:-absent}, work cores $WORK_CORES, RTF core $RTF_CORE, deadline $DEADLINE s, XLA_FLAGS '${XLA_FLAGS:-}'"
 
 # 4. The one-core streaming RTF (CPU only, its own core), while the GPU trains.
 (
@@ -123,6 +126,9 @@ done
 for dir in $ROOT/cnunet_* $ROOT/two_stage/stage1 $ROOT/two_stage/stage2; do
   [ -d $dir/checkpoints ] || continue
   ls $dir/eval/*/summary.json >/dev/null 2>&1 && continue
+  if [ -n "${STOP_PID[$dir]:-}" ] && [ "${EVAL_STOPPED:-1}" = 0 ]; then
+    stamp "$(basename $dir) stopped, not evaluated (EVAL_STOPPED=0: a later call resumes it)"; continue
+  fi
   if [ -n "${STOP_PID[$dir]:-}" ]; then   # stopped above: evaluate once it has saved and exited
     while kill -0 ${STOP_PID[$dir]} 2>/dev/null && [ $SECONDS -lt $(( DEADLINE - 60 )) ]; do sleep 1; done
     kill -0 ${STOP_PID[$dir]} 2>/dev/null && { stamp "$(basename $dir) did not exit after SIGTERM"; continue; }

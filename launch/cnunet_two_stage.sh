@@ -16,7 +16,8 @@
 #   PY                          the python (default python3);
 #   DATA                        the shards folder (default ROOT/data; rendered if missing);
 #   STOP_FILE                   when this file exists, no further step starts (exit 3).
-# Each step's output goes to ROOT/<step>.log; a failed step stops the script (exit 1).
+# Each step's output goes to ROOT/<step>.log; a failed step stops the script (exit 1). Rerunning
+# on the same ROOT resumes: a finished teacher and latents are kept, the trainings resume.
 set -u
 VARIANT=${VARIANT:-smoke}
 ROOT=${ROOT:-/tmp/cn_two_stage}
@@ -37,9 +38,14 @@ step() {  # step NAME command...
   grep -v "it/s\]\|ex/s\]\|step/s\]\|Warning\|warn(" $ROOT/$name.log | tr '\r' '\n' | grep -v "^\s*$" | tail -${TAIL:-4}
 }
 step render $PY launch/render.py --config=configs/cnunet_tb_stage1.py:$VARIANT $COMMON --workdir=$DATA
+# A rerun (a resumed call) skips what is complete: the teacher file and latents.json are written
+# atomically and last; the two trainings resume from their checkpoints.
+done_already() { [ -e "$1" ] && echo "[two-stage] $2: $1 exists, kept (at ${SECONDS} s)"; }
+done_already $ROOT/teacher.npz teacher ||
 step teacher $PY launch/cnunet_teacher.py $S1 --steps=${TEACHER_STEPS:-200} \
   --batch_size=${TEACHER_BATCH:-8} --settings=${TEACHER_SETTINGS:-} --out=$ROOT/teacher.npz
 step stage1 $PY launch/train.py $S1 --workdir=$ROOT/stage1
+done_already $ROOT/latents/latents.json latents ||
 step latents $PY launch/cnunet_latents.py $S1 --workdir=$ROOT/stage1 --out=$ROOT/latents
 step stage2 $PY launch/train.py --config=configs/cnunet_tb_ts.py:$VARIANT $COMMON \
   --config.data.cnunet_latents=$ROOT/latents --workdir=$ROOT/stage2

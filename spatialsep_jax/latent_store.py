@@ -14,12 +14,12 @@ batch-join hook (`data_pipeline.loader.register_batch_join`) then adds
 "latent_replication" loss term (spectral_terms.py) compares the model's latent with it.
 """
 
-import json
 import os
 
 import numpy as np
 
 from data_pipeline import loader as loader_lib
+from spatialsep_jax import io_safety
 from spatialsep_jax.spectral_terms import LATENT_KEY
 
 SPLITS = ("train", "val")
@@ -111,8 +111,8 @@ def store(config, workdir: str, out_dir: str, splits=SPLITS, batch_size: int = 8
         print(f"[latents] {split}: {len(ids)} examples", end="\r", flush=True)
     stored.flush()
     info["splits"][split] = {"examples": len(ids), "shape": list(stored.shape)}
-  with open(os.path.join(out_dir, "latents.json"), "w") as f:
-    json.dump(info, f, indent=1)
+  # Written last and atomically: its presence says every latent file is complete.
+  io_safety.atomic_write_json(os.path.join(out_dir, "latents.json"), info)
   return info
 
 

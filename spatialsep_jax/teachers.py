@@ -27,6 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from spatialsep_jax import io_safety
+
 SUBSTITUTE = "speech_encoder_substitute"
 DEFAULT_PATH = os.path.join("pretrained", "teachers", f"{SUBSTITUTE}.npz")
 
@@ -97,9 +99,9 @@ def substitute_function(params, settings: SubstituteSettings):
 def save_substitute(path: str, params, settings: SubstituteSettings, info: dict) -> None:
   flat = {"/".join(k.key for k in key): np.asarray(v)
           for key, v in jax.tree_util.tree_flatten_with_path(params)[0]}
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  np.savez(path, **flat, __settings__=json.dumps(dataclasses.asdict(settings)),
-           __info__=json.dumps(info))
+  with io_safety.atomic_path(path, suffix=".npz") as temporary:  # a kill leaves no torn file
+    np.savez(temporary, **flat, __settings__=json.dumps(dataclasses.asdict(settings)),
+             __info__=json.dumps(info))
 
 
 def load_substitute(path: str):
