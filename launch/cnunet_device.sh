@@ -16,7 +16,8 @@
 #   5. at DEADLINE - STOP_MARGIN still-training runs are stopped (they checkpoint) and their
 #      best checkpoints evaluated; the small results are packed into $OUT/cnunet_results.tar.gz.
 # Usage: bash launch/cnunet_device.sh [STEPS]
-#   VARIANT=smoke SKIP_WHEELS=1 OUT=/tmp/cn_dry_out for a CPU dry run (any small sizes);
+#   VARIANT=smoke SKIP_WHEELS=1 OUT=/tmp/cn_dry_out for a CPU dry run (any small sizes); RUNGS=,
+#   (no ladder run: the two-stage chain alone, e.g. to resume it);
 #   NTRAIN NVAL NTEST ROOMS SEGMENT  data sizes; BATCH; EVAL_EVERY; MODEL_SETS (extra
 #   --config.model.* overrides for every run, e.g. a smaller depth); TEACHER_STEPS;
 #   EVAL_STOPPED=0 does not evaluate runs stopped by the deadline (a next call on the still-warm
@@ -96,7 +97,7 @@ stamp "started ${#PIDS[@]} runs${TWO_STAGE:+ and the two-stage chain}"
 STOP_AT=$(( DEADLINE - STOP_MARGIN ))
 while [ $SECONDS -lt $STOP_AT ]; do
   busy=0
-  for pid in ${PIDS[@]} ${CHAIN_PID:-}; do kill -0 $pid 2>/dev/null && busy=1; done
+  for pid in ${PIDS[@]+"${PIDS[@]}"} ${CHAIN_PID:-}; do kill -0 $pid 2>/dev/null && busy=1; done
   [ $busy = 0 ] && break
   sleep 5
 done
@@ -105,7 +106,7 @@ stamp "training window over"
 # is still training (SIGTERM: it saves latest/ and exits, skipping its own evaluation).
 [ -n "$TWO_STAGE" ] && touch $ROOT/two_stage/STOP
 train_pids() {  # trainer processes of this script: children of the run shells / the chain
-  for pid in ${PIDS[@]}; do kill -0 $pid 2>/dev/null && echo $pid; done
+  for pid in ${PIDS[@]+"${PIDS[@]}"}; do kill -0 $pid 2>/dev/null && echo $pid; done
   [ -n "${CHAIN_PID:-}" ] && pgrep -P $CHAIN_PID
 }
 for dir in $ROOT/cnunet_* $ROOT/two_stage/stage1 $ROOT/two_stage/stage2; do

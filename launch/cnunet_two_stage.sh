@@ -44,9 +44,15 @@ done_already() { [ -e "$1" ] && echo "[two-stage] $2: $1 exists, kept (at ${SECO
 done_already $ROOT/teacher.npz teacher ||
 step teacher $PY launch/cnunet_teacher.py $S1 --steps=${TEACHER_STEPS:-200} \
   --batch_size=${TEACHER_BATCH:-8} --settings=${TEACHER_SETTINGS:-} --out=$ROOT/teacher.npz
+finished() {  # a training run that ended (not stopped) and whose test evaluation was written
+  [ -e $1/train_summary.json ] && ! grep -q '"interrupted": true' $1/train_summary.json &&
+    ls $1/eval/*/summary.json >/dev/null 2>&1 && echo "[two-stage] $2: trained and evaluated, kept"
+}
+finished $ROOT/stage1 stage1 ||
 step stage1 $PY launch/train.py $S1 --workdir=$ROOT/stage1
 done_already $ROOT/latents/latents.json latents ||
 step latents $PY launch/cnunet_latents.py $S1 --workdir=$ROOT/stage1 --out=$ROOT/latents
+finished $ROOT/stage2 stage2 ||
 step stage2 $PY launch/train.py --config=configs/cnunet_tb_ts.py:$VARIANT $COMMON \
   --config.data.cnunet_latents=$ROOT/latents --workdir=$ROOT/stage2
 echo "[two-stage] done at ${SECONDS} s: $ROOT/stage1/eval (oracle teacher input), $ROOT/stage2/eval"
