@@ -175,24 +175,15 @@ def _step_variants(base_arg: str):
         yield name, model_set, batch_size, config
 
 
-def _synthetic_shapes(config, programs, samples: int) -> dict[str, tuple[int, ...]]:
-  """Per-example shapes of the audio keys the step reads (the loader's own table), for a
-  synthetic batch: the mixture and sources always, noise / per-mic targets / the SI-SDRi
-  baseline where the model or its loss terms read them."""
-  from data_pipeline import loader
-  shapes = loader.audio_shapes(samples, config.data.num_sources,
-                               len(config.data.input_channels),
-                               len(config.data.get("target_mics", ()) or ()) or 1)
-  wanted = {"mixture", "sources"} | set(programs.step_keys)
-  return {key: shape for key, shape in shapes.items() if key in wanted}
-
-
-def _host_dtype(config):
-  """The loader's host audio dtype (float16 by default): synthetic batches in it make the
-  benchmark compile the trainer's very program (the on-device cast included), so a warm
-  compilation cache serves both."""
-  import numpy as np
-  return np.dtype(config.data.get("host_audio_dtype", "float32"))
+def _batch_spec(config, programs, batch_size: int) -> dict:
+  """The trainer's batch as shapes and dtypes (`train.synthetic_batch_spec`): synthetic batches
+  of it make the benchmark compile the trainer's very program, so a warm compilation cache
+  serves both (and CNUNet stage 2's step compiles before any latents exist)."""
+  from spatialsep_jax import train
+  try:
+    return train.synthetic_batch_spec(config, programs, batch_size)
+  except ValueError as e:
+    common.fail(str(e))
 
 
 def bench_step_cost(base_arg: str, workdir: str) -> None:
@@ -205,9 +196,7 @@ def bench_step_cost(base_arg: str, workdir: str) -> None:
   for name, model_set, batch_size, config in _step_variants(base_arg):
     programs = train.build_programs(config)
     state = jax.eval_shape(programs.init, jax.random.key(0))
-    samples = train.example_input_shape(config)[1]
-    batch = {key: jax.ShapeDtypeStruct((batch_size,) + shape, _host_dtype(config))
-             for key, shape in _synthetic_shapes(config, programs, samples).items()}
+    batch = _batch_spec(config, programs, batch_size)
     start = time.perf_counter()
     lowered = programs.train_step.lower(state, batch)
     lower_s = time.perf_counter() - start
@@ -274,10 +263,9 @@ def bench_step(base_arg: str, workdir: str) -> None:
   for name, model_set, batch_size, config in _step_variants(base_arg):
     programs = train.build_programs(config)
     state = programs.init(jax.random.key(0))
-    samples = train.example_input_shape(config)[1]
     rng = np.random.default_rng(0)
-    host_batch = {key: rng.normal(size=(batch_size,) + shape).astype(_host_dtype(config))
-                  for key, shape in _synthetic_shapes(config, programs, samples).items()}
+    host_batch = {key: rng.normal(size=spec.shape).astype(spec.dtype)
+                  for key, spec in _batch_spec(config, programs, batch_size).items()}
     batch = (programs.inputs(host_batch) if hasattr(programs, "inputs")
              else train.step_inputs(host_batch, programs.mesh))
     start = time.perf_counter()

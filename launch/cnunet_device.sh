@@ -20,6 +20,7 @@
 #   (no ladder run: the two-stage chain alone, e.g. to resume it);
 #   NTRAIN NVAL NTEST ROOMS SEGMENT  data sizes; BATCH; EVAL_EVERY; MODEL_SETS (extra
 #   --config.model.* overrides for every run, e.g. a smaller depth); TEACHER_STEPS;
+#   PRECOMPILE=0 lets stage 2 compile its own step (default 1: compiled beside stage 1);
 #   EVAL_STOPPED=0 does not evaluate runs stopped by the deadline (a next call on the still-warm
 #   machine, same ROOT, resumes them and the chain, and they evaluate themselves);
 #   SAVE_ESTIMATES=True keeps every test estimate (eval/*/estimates/, FLAC) in the results, for
@@ -45,7 +46,10 @@ source launch/device_env.sh   # wheels (+ pesq from its sdist), cache, checkout 
 python3 -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, jax.devices())" 2>&1 | tee -a $LOG
 python3 -c "import pesq" 2>/dev/null && HAVE_PESQ=1 || HAVE_PESQ=""
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | tee -a $LOG
-NUM=$(( $(echo "$RUNGS" | tr ',' '\n' | grep -c .) + $([ -n "$TWO_STAGE" ] && echo 1 || echo 0) ))
+PRECOMPILE=${PRECOMPILE:-1}   # the chain compiles stage 2's step while stage 1 trains
+# GPU processes at once: each rung; the chain 1, or 2 with its stage-2 precompile (its stage-1
+# evaluation runs later, beside the latents, and allocates on demand within the same share).
+NUM=$(( $(echo "$RUNGS" | tr ',' '\n' | grep -c .) + $([ -n "$TWO_STAGE" ] && echo $(( 1 + PRECOMPILE )) || echo 0) ))
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${MEM_FRACTION:-$(python3 -c "print(round(0.9 / $NUM, 3))")}
 if [ -n "$HAVE_PESQ" ]; then METRICS="('sisdr','stoi','estoi','pesq','segsnr','composite')"
 else METRICS="('sisdr','stoi','estoi','segsnr')"; fi
@@ -88,7 +92,7 @@ for rung in ${RUNGS//,/ }; do
   PIDS[$rung]=$!
 done
 if [ -n "$TWO_STAGE" ]; then
-  VARIANT=$VARIANT ROOT=$ROOT/two_stage DATA=$DATA PY=python3 SETS="$SETS" \
+  VARIANT=$VARIANT ROOT=$ROOT/two_stage DATA=$DATA PY=python3 SETS="$SETS" PRECOMPILE=$PRECOMPILE \
     TEACHER_STEPS=${TEACHER_STEPS:-300} TEACHER_BATCH=${TEACHER_BATCH:-16} TAIL=3 \
     taskset -c $WORK_CORES bash launch/cnunet_two_stage.sh > $ROOT/two_stage.log 2>&1 &
   CHAIN_PID=$!

@@ -30,6 +30,10 @@ flags.DEFINE_list("rungs", ["cnunet_real_sb", "cnunet_complex_sb", "cnunet_tb",
                             "cnunet_tb_stage1"], "config files to count")
 flags.DEFINE_string("rtf", "", "a rung to stream on the CPU for the real-time factor")
 flags.DEFINE_float("rtf_seconds", 5.0, "seconds of audio streamed for --rtf")
+flags.DEFINE_list("rtf_hops_per_call", ["1"], "--rtf: hops per streaming call, one measurement "
+                  "each (more hops per call: less compute per hop, more latency)")
+flags.DEFINE_bool("rtf_offline", False, "--rtf: also time the offline forward of the same "
+                  "audio in one call (the floor blocking can approach)")
 flags.DEFINE_string("out", "", "JSON file for the figures (printed as well)")
 FLAGS = flags.FLAGS
 
@@ -55,6 +59,25 @@ def count(config) -> dict:
   return {"params": params, "gflops_per_s_audio": flops / 1e9, "gmacs_per_s_audio": flops / 2e9}
 
 
+def offline_rtf(module, variables, rate: int, seconds: float, repeats: int = 5) -> dict:
+  """Median time of one jitted offline forward of `seconds` of noise (batch 1) / `seconds`."""
+  import time
+  import jax
+  import numpy as np
+  length = int(seconds * rate)
+  signal = 0.1 * np.random.default_rng(0).standard_normal(
+      (1, length, module.num_input_channels)).astype(np.float32)
+  forward = jax.jit(lambda v, x: module.apply(v, x)["estimates"])
+  jax.block_until_ready(forward(variables, signal))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(forward(variables, signal))
+    times.append(time.perf_counter() - start)
+  return {"seconds": seconds, "compute_s_median": float(np.median(times)),
+          "rtf_median": float(np.median(times) / seconds)}
+
+
 def main(argv):
   del argv
   from launch import common
@@ -76,11 +99,17 @@ def main(argv):
     rng = np.random.default_rng(0)
     variables = jax.tree.map(lambda s: jnp.asarray(0.1 * rng.standard_normal(s.shape), s.dtype),
                              shapes)
-    results[f"rtf_{FLAGS.rtf}"] = {**streaming.measure(module, variables, rate,
-                                                       FLAGS.rtf_seconds),
-                                   "jax": jax.__version__, "backend": jax.default_backend(),
-                                   "xla_flags": os.environ.get("XLA_FLAGS", "")}
-    print("rtf", results[f"rtf_{FLAGS.rtf}"], flush=True)
+    where = {"jax": jax.__version__, "backend": jax.default_backend(),
+             "xla_flags": os.environ.get("XLA_FLAGS", "")}
+    for hops in map(int, FLAGS.rtf_hops_per_call):
+      key = f"rtf_{FLAGS.rtf}" + ("" if hops == 1 else f"_hops{hops}")
+      results[key] = {**streaming.measure(module, variables, rate, FLAGS.rtf_seconds,
+                                          hops_per_call=hops), **where}
+      print(key, results[key], flush=True)
+    if FLAGS.rtf_offline:
+      results[f"offline_{FLAGS.rtf}"] = {**offline_rtf(module, variables, rate, FLAGS.rtf_seconds),
+                                         **where}
+      print(f"offline_{FLAGS.rtf}", results[f"offline_{FLAGS.rtf}"], flush=True)
   if FLAGS.out:
     os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
     with open(FLAGS.out, "w") as f:

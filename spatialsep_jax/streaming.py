@@ -88,35 +88,40 @@ def enhance(module, variables, mixture, hops_per_call: int = 1) -> np.ndarray:
   return np.concatenate(pieces, axis=1)[:, delay:delay + length]
 
 
-def latency_ms(module, sample_rate: int) -> float:
-  """Algorithmic latency: one hop of buffering + `delay` samples = n_fft samples."""
-  return 1000.0 * (module.hop + module.delay) / sample_rate
+def latency_ms(module, sample_rate: int, hops_per_call: int = 1) -> float:
+  """Algorithmic latency: the piece buffered before a call (`hops_per_call` hops) + `delay`
+  samples; n_fft samples frame by frame."""
+  return 1000.0 * (hops_per_call * module.hop + module.delay) / sample_rate
 
 
-def measure(module, variables, sample_rate: int, seconds: float = 5.0, warmup: int = 5) -> dict:
-  """Compute time of one hop-by-hop call on this machine (jitted, batch 1): per hop in ms,
-  real-time factor (compute / hop duration), algorithmic latency. Run it in a process pinned
-  to one core (`taskset -c 0`, XLA_FLAGS single-threaded Eigen) for the one-core figure."""
-  stream = Streamer(module, variables)
-  hop = module.hop
+def measure(module, variables, sample_rate: int, seconds: float = 5.0, warmup: int = 5,
+            hops_per_call: int = 1) -> dict:
+  """Compute time of one streaming call on this machine (jitted, batch 1, `hops_per_call`
+  hops per call): per call and per hop in ms, real-time factor (compute / audio duration of
+  the piece), algorithmic latency (which grows with the piece). Run it in a process pinned to
+  one core (`taskset -c 0`, XLA_FLAGS single-threaded Eigen) for the one-core figure."""
+  stream = Streamer(module, variables, hops_per_call=hops_per_call)
+  piece_len = module.hop * hops_per_call
   rng = np.random.default_rng(0)
-  blocks = int(np.ceil(seconds * sample_rate / hop))
-  signal = 0.1 * rng.standard_normal((1, (blocks + warmup) * hop,
+  calls = int(np.ceil(seconds * sample_rate / piece_len))
+  signal = 0.1 * rng.standard_normal((1, (calls + warmup) * piece_len,
                                       module.num_input_channels)).astype(np.float32)
   for i in range(warmup):
-    jax.block_until_ready(stream.process(signal[:, i * hop:(i + 1) * hop]))
+    jax.block_until_ready(stream.process(signal[:, i * piece_len:(i + 1) * piece_len]))
   times = []
-  for i in range(warmup, warmup + blocks):
-    piece = signal[:, i * hop:(i + 1) * hop]
+  for i in range(warmup, warmup + calls):
+    piece = signal[:, i * piece_len:(i + 1) * piece_len]
     start = time.perf_counter()
     jax.block_until_ready(stream.process(piece))
     times.append(time.perf_counter() - start)
-  times = np.asarray(times)
-  hop_ms = 1000.0 * hop / sample_rate
-  return {"hop_ms": hop_ms, "compute_ms_median": float(np.median(times) * 1e3),
+  times = np.asarray(times) / hops_per_call     # per hop
+  hop_ms = 1000.0 * module.hop / sample_rate
+  return {"hop_ms": hop_ms, "hops_per_call": hops_per_call,
+          "compute_ms_median": float(np.median(times) * 1e3),
           "compute_ms_p95": float(np.percentile(times, 95) * 1e3),
           "rtf_median": float(np.median(times) * 1e3 / hop_ms),
-          "algorithmic_latency_ms": latency_ms(module, sample_rate), "hops": int(blocks),
+          "algorithmic_latency_ms": latency_ms(module, sample_rate, hops_per_call),
+          "hops": int(calls * hops_per_call),
           "cpu_affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
           else None}
 

@@ -108,6 +108,46 @@ def example_input_shape(config) -> tuple[int, int, int]:
   return (1, samples, len(config.data.input_channels))
 
 
+def synthetic_batch_spec(config, programs, batch_size: int) -> dict:
+  """{key: jax.ShapeDtypeStruct} of the batch the trainer's loader gives `programs.train_step`:
+  the audio keys the step reads in the loader's host dtype (`data_pipeline.loader.audio_shapes`)
+  and, for keys no rendered audio holds, the shape of the model output a loss term compares
+  them with (its `outputs_key`: CNUNet stage 2's stored latents, float32 as their join yields),
+  by jax.eval_shape (nothing compiles). Synthetic batches of it lower the trainer's program.
+  Raises ValueError for a key neither provides."""
+  import inspect
+  from data_pipeline import loader as loader_lib
+  samples = example_input_shape(config)[1]
+  audio = loader_lib.audio_shapes(samples, config.data.num_sources,
+                                  len(config.data.input_channels),
+                                  len(config.data.get("target_mics", ()) or ()) or 1)
+  host_dtype = np.dtype(config.data.get("host_audio_dtype", "float32"))
+  spec = {key: jax.ShapeDtypeStruct((batch_size,) + audio[key], host_dtype)
+          for key in programs.step_keys if key in audio}
+  missing = [key for key in programs.step_keys if key not in spec]
+  if not missing:
+    return spec
+  mirrored = {}
+  for term in programs.terms:
+    parameters = inspect.signature(term.spec.fn).parameters
+    if "outputs_key" in parameters:
+      for key in term.batch_keys:
+        mirrored[key] = term.settings.get("outputs_key", parameters["outputs_key"].default)
+  unknown = [key for key in missing if key not in mirrored]
+  if unknown:
+    raise ValueError(f"the step reads {unknown}, which neither rendered audio nor a model output "
+                     "provides: feed it real batches (launch/benchmark.py --e2e_steps)")
+  mixture = jax.ShapeDtypeStruct(example_input_shape(config), jnp.float32)
+
+  def forward(mixture):
+    return programs.model.apply(programs.model.init(jax.random.key(0), mixture), mixture)[0]
+
+  outputs = jax.eval_shape(forward, mixture)
+  spec.update({key: jax.ShapeDtypeStruct((batch_size,) + outputs[mirrored[key]].shape[1:],
+                                         np.float32) for key in missing})
+  return spec
+
+
 def init_state(config, model: models.Model, optimizer, rng) -> TrainState:
   init_rng, run_rng = jax.random.split(rng)
   variables = model.init(init_rng, jnp.zeros(example_input_shape(config), jnp.float32))

@@ -255,6 +255,32 @@ def test_stored_latents_join_training_batches_by_example_id(smoke_dataset, tmp_p
                            process_index=0, process_count=1)
 
 
+def test_synthetic_batch_spec_is_the_loaders_stage_two_batch(smoke_dataset, tmp_path):
+  """The benchmark's synthetic batch (train.synthetic_batch_spec) has the keys, shapes and
+  dtypes of the real loader's stage-2 batch, and its latent shape passes the latent term's own
+  shape check, with no latents on disk when it is made (so stage 2 can compile early)."""
+  from data_pipeline import loader as loader_lib
+  from spatialsep_jax import latent_store, train
+  from spatialsep_jax.configs import cnunet_tb_ts, ild_ipd
+  shards, cache = smoke_dataset
+  config = cnunet_tb_ts.get_config("smoke")
+  config.data = ild_ipd.get_config("smoke").data
+  config.data.shards_dir, config.data.cache_dir = shards, cache
+  programs = train.build_programs(config)
+  spec = train.synthetic_batch_spec(config, programs, batch_size=4)
+  assert set(spec) == set(programs.step_keys) and "cnunet_latent" in spec
+  state = jax.eval_shape(programs.init, jax.random.key(0))
+  jax.eval_shape(programs.train_step, state, spec)  # latent_replication checks the shapes
+  config.data.cnunet_latents = str(tmp_path)
+  for split, count in (("train", 16), ("val", 8)):
+    np.save(latent_store.latent_file(str(tmp_path), split),
+            np.zeros((count,) + spec["cnunet_latent"].shape[1:], np.float16))
+  batch = next(iter(loader_lib.make_loader(config, shards, "train", train=True, batch_size=4,
+                                           process_index=0, process_count=1)))
+  real = {key: (batch[key].shape, np.dtype(batch[key].dtype)) for key in programs.step_keys}
+  assert real == {key: (s.shape, np.dtype(s.dtype)) for key, s in spec.items()}
+
+
 def _toy_teacher(wave):
   """A frozen stand-in teacher for the fusion path: frame energies, [B, L] -> [B, L / 80, 3]."""
   frames = wave[:, :wave.shape[1] // 80 * 80].reshape(wave.shape[0], -1, 80)

@@ -37,6 +37,8 @@ def test_latency_is_the_window_and_a_wrong_piece_is_named():
   module = cnunet.CNUNet(**TINY)
   assert streaming.latency_ms(module, 8000) == pytest.approx(1000 * 64 / 8000)
   assert streaming.latency_ms(cnunet.CNUNet(), 16000) == pytest.approx(32.0)
+  # four hops buffered per call: three more 16-ms hops wait before the first is processed
+  assert streaming.latency_ms(cnunet.CNUNet(), 16000, hops_per_call=4) == pytest.approx(80.0)
   variables = _random_variables(module, jnp.zeros((1, 64, 1)))
   stream = streaming.Streamer(module, variables)
   with pytest.raises(ValueError, match=r"process takes \[1, 32, 1\] pieces"):
