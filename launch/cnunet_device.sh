@@ -85,7 +85,7 @@ timeout $(( DEADLINE - STOP_MARGIN - SECONDS )) taskset -c $WORK_CORES python3 l
 tail -4 $ROOT/render.log | tee -a $LOG
 
 # 2. + 3. Training (and each run's test evaluation when it ends in time).
-declare -A PIDS STOP_PID
+declare -A PIDS=() STOP_PID=()   # set (empty) arrays: RUNGS=, leaves PIDS empty under set -u
 for rung in ${RUNGS//,/ }; do
   taskset -c $WORK_CORES python3 launch/train.py --config=configs/$rung.py:$VARIANT $SETS \
     --workdir=$ROOT/$rung > $ROOT/$rung.log 2>&1 &
@@ -101,7 +101,7 @@ stamp "started ${#PIDS[@]} runs${TWO_STAGE:+ and the two-stage chain}"
 STOP_AT=$(( DEADLINE - STOP_MARGIN ))
 while [ $SECONDS -lt $STOP_AT ]; do
   busy=0
-  for pid in ${PIDS[@]+"${PIDS[@]}"} ${CHAIN_PID:-}; do kill -0 $pid 2>/dev/null && busy=1; done
+  for pid in ${PIDS[@]} ${CHAIN_PID:-}; do kill -0 $pid 2>/dev/null && busy=1; done
   [ $busy = 0 ] && break
   sleep 5
 done
@@ -110,7 +110,7 @@ stamp "training window over"
 # is still training (SIGTERM: it saves latest/ and exits, skipping its own evaluation).
 [ -n "$TWO_STAGE" ] && touch $ROOT/two_stage/STOP
 train_pids() {  # trainer processes of this script: children of the run shells / the chain
-  for pid in ${PIDS[@]+"${PIDS[@]}"}; do kill -0 $pid 2>/dev/null && echo $pid; done
+  for pid in ${PIDS[@]}; do kill -0 $pid 2>/dev/null && echo $pid; done
   [ -n "${CHAIN_PID:-}" ] && pgrep -P $CHAIN_PID
 }
 for dir in $ROOT/cnunet_* $ROOT/two_stage/stage1 $ROOT/two_stage/stage2; do
