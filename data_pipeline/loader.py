@@ -96,6 +96,12 @@ def audio_shapes(samples: int, num_sources: int, num_input_channels: int,
           "targets_reverberant": (s, t, mt), "targets_noise": (t, mt)}
 
 
+def training_seed(config) -> int:
+  """The seed of initialisation, batch order and dynamic mixing: `train.seed`, or
+  `config.seed` (which also fixes the data) when 0 or absent."""
+  return int(config.get("train", {}).get("seed", 0) or config.seed)
+
+
 def epoch_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
   """The training visiting order of epoch ``epoch``: [num_examples] int64."""
   return np.random.default_rng([seed, epoch]).permutation(num_examples)
@@ -191,7 +197,8 @@ class BatchAssembler:
                        f"than the training batch size {batch_size}; lower train.batch_size or "
                        f"render more examples (data.num_examples.{split})")
     self.spec = shards.spec_from_manifest(self.manifest)
-    self.batch_size, self.seed = batch_size, int(config.seed)
+    # Batch order and dynamic mixing follow the training seed (the data follow config.seed).
+    self.batch_size, self.seed = batch_size, training_seed(config)
     self.process_index, self.process_count = process_index, process_count
     self.local_batch_size = batch_size // process_count
     process_slice(np.arange(0), batch_size, process_index, process_count)  # validates the split

@@ -361,7 +361,7 @@ def config_fingerprint(config) -> str:
   (`dataset.RESULT_NEUTRAL_FIELDS`, the model's registered `speed_only_fields`) and the
   step budget (the schedule's identity is checked on its own, `_check_schedule`)."""
   import hashlib
-  from data_pipeline import dataset
+  from data_pipeline import dataset, loader as loader_lib
   relevant = {k: config[k].to_dict() for k in ("data", "model", "loss")}
   relevant["optim"] = {k: v for k, v in config.optim.to_dict().items()
                        if k != "decay_every_steps"}
@@ -377,6 +377,8 @@ def config_fingerprint(config) -> str:
   for field in models.get(config.model.name).speed_only_fields:
     relevant["model"].pop(field, None)
   relevant["seed"] = config.seed
+  if loader_lib.training_seed(config) != config.seed:  # added later: earlier fingerprints hold
+    relevant["train_seed"] = loader_lib.training_seed(config)
   relevant["batch_size"] = config.train.batch_size
   relevant["format"] = CHECKPOINT_FORMAT
   return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -445,7 +447,7 @@ def _train_and_evaluate(config, workdir, shards_dir, progress) -> dict:
     logging.info("resuming from step %d in %s", int(state.step), workdir)
     print(f"Resuming from step {int(state.step)} (checkpoint in {workdir}/checkpoints/latest)")
   else:
-    state = programs.init(jax.random.key(config.seed))
+    state = programs.init(jax.random.key(loader_lib.training_seed(config)))
   start_step = int(state.step)
 
   batch_size = config.train.batch_size
@@ -536,7 +538,8 @@ def _train_and_evaluate(config, workdir, shards_dir, progress) -> dict:
 
 def abstract_state(programs: Programs, config):
   """Shapes, dtypes and (replicated) shardings of the run's TrainState."""
-  abstract = jax.eval_shape(programs.init, jax.random.key(config.seed))
+  from data_pipeline import loader as loader_lib
+  abstract = jax.eval_shape(programs.init, jax.random.key(loader_lib.training_seed(config)))
   return jax.tree.map(lambda a: jax.ShapeDtypeStruct(
       a.shape, a.dtype, sharding=sharding.replicated(programs.mesh)), abstract)
 

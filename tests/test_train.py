@@ -232,6 +232,31 @@ def test_fingerprint_ignores_how_the_function_is_computed():
   assert train.config_fingerprint(scanned) != train.config_fingerprint(config)
 
 
+def test_train_seed_redraws_initialisation_and_batch_order_on_the_same_data(smoke_dataset):
+  """train.seed: another draw of the training randomness (initial weights, batch order) on the
+  data config.seed rendered; 0 or config.seed's value is the run it always was."""
+  from data_pipeline import dataset, loader as loader_lib
+  config = _config(smoke_dataset)
+  explicit, other = config.copy_and_resolve_references(), config.copy_and_resolve_references()
+  explicit.train.seed, other.train.seed = config.seed, config.seed + 1
+  assert dataset.dataset_fingerprint(other) == dataset.dataset_fingerprint(config)
+  assert train.config_fingerprint(explicit) == train.config_fingerprint(config)
+  assert train.config_fingerprint(other) != train.config_fingerprint(config)
+
+  def first_batch_ids(c):
+    loader = loader_lib.make_loader(c, c.data.shards_dir, "train", train=True, batch_size=4,
+                                    process_index=0, process_count=1)
+    return np.asarray(next(iter(loader))["example_id"])
+
+  np.testing.assert_array_equal(first_batch_ids(explicit), first_batch_ids(config))
+  assert not np.array_equal(first_batch_ids(other), first_batch_ids(config))
+  programs = train.build_programs(config)
+  initial = {c.train.seed: programs.init(jax.random.key(loader_lib.training_seed(c))).params
+             for c in (explicit, other)}
+  leaves = [jax.tree.leaves(initial[s]) for s in (config.seed, config.seed + 1)]
+  assert any(not np.allclose(a, b) for a, b in zip(*leaves))
+
+
 def test_extending_a_run_never_moves_its_learning_rate_boundaries(smoke_dataset, tmp_path):
   workdir = str(tmp_path / "run")
   derived = dict(optim__decay_every_steps=0, train__eval_every=3, train__checkpoint_every=3)
