@@ -84,7 +84,8 @@ if [ -n "${PRECOMPILE_PID:-}" ]; then
     $ROOT/precompile_stage2.log | head -1) (stage 2 precompile, at ${SECONDS} s)" ||
     echo "[two-stage] stage 2 precompile failed (stage 2 compiles itself): $(tail -1 $ROOT/precompile_stage2.log)"
 fi
-{ trained $ROOT/stage2 stage2 && evaluated $ROOT/stage2; } ||
+{ trained $ROOT/stage2 stage2 >/dev/null && evaluated $ROOT/stage2 &&
+  echo "[two-stage] stage2: trained and evaluated, kept (at ${SECONDS} s)"; } ||
 step stage2 $PY launch/train.py $S2 --config.data.cnunet_latents=$ROOT/latents --workdir=$ROOT/stage2
 if [ -n "${EVAL1_PID:-}" ]; then
   if wait $EVAL1_PID; then echo "[two-stage] stage1 evaluation:"; summary $ROOT/stage1_eval.log
