@@ -27,7 +27,8 @@ flags.DEFINE_integer("loader_batches", 40, "batches timed per loader backend")
 flags.DEFINE_list("loader_settings", ["float32:0", "float16:0", "float16:2"],
                   "host_audio_dtype:loader_workers pairs timed for each backend")
 flags.DEFINE_list("step_configs", ["mono", "ild_ipd"], "configuration files for the step timing")
-flags.DEFINE_list("batch_sizes", ["16"], "batch sizes for the step timing")
+flags.DEFINE_list("batch_sizes", ["16"], "batch sizes for the step timing ('config': the "
+                  "config's train.batch_size, i.e. the trainer's program)")
 flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "override model.dtype (step, latency)")
 flags.DEFINE_integer("steps", 20, "timed steps after compilation: step reports the median over "
                      "windows of 5 back-to-back steps (and of single waited-for steps)")
@@ -163,8 +164,9 @@ def _step_variants(base_arg: str):
   for name in FLAGS.step_configs:
     for model_set in FLAGS.model_set:
       overrides = _model_overrides(model_set)
-      for batch_size in map(int, FLAGS.batch_sizes):
+      for size in FLAGS.batch_sizes:
         config = common.load_named_config(name, base_arg, common.command_line_overrides())
+        batch_size = config.train.batch_size if size == "config" else int(size)
         if FLAGS.dtype:  # models without a dtype field (CNUNet) compute in float32
           config.model.dtype = FLAGS.dtype
         for key, value in overrides.items():

@@ -44,11 +44,11 @@ step() {  # step NAME command...
 }
 summary() { grep -v "it/s\]\|ex/s\]\|step/s\]\|Warning\|warn(" $1 | tr '\r' '\n' | grep -v "^\s*$" | tail -${TAIL:-4}; }
 # What a rerun keeps: the teacher file and latents.json are written atomically and last.
-done_already() { [ -e "$1" ] && echo "[two-stage] $2: $1 exists, kept (at ${SECONDS} s)"; }
+done_already() { [ -e "$1" ] && kept "$2 ($1 exists)"; }
 trained() {  # a training run that ended (not stopped)
-  [ -e $1/train_summary.json ] && ! grep -q '"interrupted": true' $1/train_summary.json &&
-    echo "[two-stage] $2: trained, kept (at ${SECONDS} s)"
+  [ -e $1/train_summary.json ] && ! grep -q '"interrupted": true' $1/train_summary.json
 }
+kept() { echo "[two-stage] $1: kept (at ${SECONDS} s)"; }
 evaluated() {  # the test evaluation of the run's best checkpoint was written
   local best=$(PYTHONPATH= $PY -c "import json,sys; print(json.load(open(sys.argv[1]))['best']['step'])" \
     $1/train_summary.json 2>/dev/null)
@@ -56,22 +56,19 @@ evaluated() {  # the test evaluation of the run's best checkpoint was written
 }
 
 step render $PY launch/render.py --config=configs/cnunet_tb_stage1.py:$VARIANT $COMMON --workdir=$DATA
-if [ "${PRECOMPILE:-0}" = 1 ] && ! trained $ROOT/stage2 stage2 >/dev/null; then
-  BATCH=$(echo "$SETS" | grep -o "train.batch_size=[0-9]*" | tail -1 | cut -d= -f2)
-  [ -n "$BATCH" ] || BATCH=$($PY -c "from spatialsep_jax.launch import common
-print(common.load_named_config('cnunet_tb_ts', '$VARIANT', {}).train.batch_size)" 2>/dev/null)
+if [ "${PRECOMPILE:-0}" = 1 ] && ! trained $ROOT/stage2; then
   echo "[two-stage] stage 2's training step compiling in the background (at ${SECONDS} s)"
   XLA_PYTHON_CLIENT_PREALLOCATE=false $PY launch/benchmark.py --what=step \
-    --step_configs=cnunet_tb_ts --batch_sizes=${BATCH:-16} --steps=1 $S2 \
+    --step_configs=cnunet_tb_ts --batch_sizes=config --steps=1 $S2 \
     --workdir=$ROOT/precompile_stage2 > $ROOT/precompile_stage2.log 2>&1 &
   PRECOMPILE_PID=$!
 fi
 done_already $ROOT/teacher.npz teacher ||
 step teacher $PY launch/cnunet_teacher.py $S1 --steps=${TEACHER_STEPS:-200} \
   --batch_size=${TEACHER_BATCH:-8} --settings=${TEACHER_SETTINGS:-} --out=$ROOT/teacher.npz
-trained $ROOT/stage1 stage1 ||
+{ trained $ROOT/stage1 && kept "stage1 (trained)"; } ||
 step stage1 $PY launch/train.py $S1 --workdir=$ROOT/stage1 --config.eval.after_training=False
-if [ ! -e "$STOP_FILE" ] && trained $ROOT/stage1 stage1 >/dev/null && ! evaluated $ROOT/stage1; then
+if [ ! -e "$STOP_FILE" ] && trained $ROOT/stage1 && ! evaluated $ROOT/stage1; then
   echo "[two-stage] stage1 test evaluation (oracle teacher input) in the background (at ${SECONDS} s)"
   XLA_PYTHON_CLIENT_PREALLOCATE=false $PY launch/evaluate.py $S1 --workdir=$ROOT/stage1 \
     --checkpoint=best > $ROOT/stage1_eval.log 2>&1 &
@@ -84,8 +81,7 @@ if [ -n "${PRECOMPILE_PID:-}" ]; then
     $ROOT/precompile_stage2.log | head -1) (stage 2 precompile, at ${SECONDS} s)" ||
     echo "[two-stage] stage 2 precompile failed (stage 2 compiles itself): $(tail -1 $ROOT/precompile_stage2.log)"
 fi
-{ trained $ROOT/stage2 stage2 >/dev/null && evaluated $ROOT/stage2 &&
-  echo "[two-stage] stage2: trained and evaluated, kept (at ${SECONDS} s)"; } ||
+{ trained $ROOT/stage2 && evaluated $ROOT/stage2 && kept "stage2 (trained and evaluated)"; } ||
 step stage2 $PY launch/train.py $S2 --config.data.cnunet_latents=$ROOT/latents --workdir=$ROOT/stage2
 if [ -n "${EVAL1_PID:-}" ]; then
   if wait $EVAL1_PID; then echo "[two-stage] stage1 evaluation:"; summary $ROOT/stage1_eval.log
