@@ -19,7 +19,9 @@
 #   VARIANT=smoke SKIP_WHEELS=1 OUT=/tmp/cn_dry_out for a CPU dry run (any small sizes); RUNGS=,
 #   (no ladder run: the two-stage chain alone, e.g. to resume it);
 #   NTRAIN NVAL NTEST ROOMS SEGMENT  data sizes; BATCH; EVAL_EVERY; MODEL_SETS (extra
-#   --config.model.* overrides for every run, e.g. a smaller depth); TEACHER_STEPS;
+#   --config.model.* overrides for every run, e.g. a smaller depth); RUNG_SETS (overrides for
+#   the ladder rungs only, not the chain nor the data: e.g. --config.train.seed=43 trains the
+#   ladder on another training seed beside the chain); TEACHER_STEPS;
 #   PRECOMPILE=0 lets stage 2 compile its own step (default 1: compiled beside stage 1);
 #   EVAL_STOPPED=0 does not evaluate runs stopped by the deadline (a next call on the still-warm
 #   machine, same ROOT, resumes them and the chain, and they evaluate themselves);
@@ -63,7 +65,7 @@ SETS="--config.data.shards_dir=$DATA --config.data.num_examples.train=${NTRAIN:-
  --config.eval.num_workers=${EVAL_WORKERS:-3} --config.eval.save_examples=${SAVE_EXAMPLES:-4} --config.eval.save_estimates=${SAVE_ESTIMATES:-False}
  --config.eval.compare_pretrained=False ${MODEL_SETS:-}"
 SETS=$(echo $SETS)
-stamp "variant $VARIANT, $STEPS steps, runs: $RUNGS${TWO_STAGE:+ + two-stage chain}, mem fraction $XLA_PYTHON_CLIENT_MEM_FRACTION, pesq ${HAVE_PESQ:-absent}, work cores $WORK_CORES, RTF core $RTF_CORE, deadline $DEADLINE s, XLA_FLAGS '${XLA_FLAGS:-}'"
+stamp "variant $VARIANT, $STEPS steps, runs: $RUNGS${TWO_STAGE:+ + two-stage chain}, mem fraction $XLA_PYTHON_CLIENT_MEM_FRACTION, pesq ${HAVE_PESQ:-absent}, work cores $WORK_CORES, RTF core $RTF_CORE, deadline $DEADLINE s, rung sets '${RUNG_SETS:-}', XLA_FLAGS '${XLA_FLAGS:-}'"
 
 # 4. The one-core streaming RTF (CPU only, its own core), while the GPU trains.
 (
@@ -88,7 +90,7 @@ tail -4 $ROOT/render.log | tee -a $LOG
 declare -A PIDS=() STOP_PID=()   # set (empty) arrays: RUNGS=, leaves PIDS empty under set -u
 for rung in ${RUNGS//,/ }; do
   taskset -c $WORK_CORES python3 launch/train.py --config=configs/$rung.py:$VARIANT $SETS \
-    --workdir=$ROOT/$rung > $ROOT/$rung.log 2>&1 &
+    ${RUNG_SETS:-} --workdir=$ROOT/$rung > $ROOT/$rung.log 2>&1 &
   PIDS[$rung]=$!
 done
 if [ -n "$TWO_STAGE" ]; then
@@ -147,7 +149,7 @@ for dir in $ROOT/cnunet_* $ROOT/two_stage/stage1 $ROOT/two_stage/stage2; do
   case $dir in
     */stage1) config=cnunet_tb_stage1; extra="--config.model.teacher_path=$ROOT/two_stage/teacher.npz" ;;
     */stage2) config=cnunet_tb_ts; extra="--config.data.cnunet_latents=$ROOT/two_stage/latents" ;;
-    *) config=$(basename $dir); extra="" ;;
+    *) config=$(basename $dir); extra="${RUNG_SETS:-}" ;;
   esac
   which=best; ls $dir/checkpoints/best >/dev/null 2>&1 || which=latest
   stamp "evaluating $(basename $dir) ($which checkpoint)"

@@ -529,11 +529,20 @@ def _train_and_evaluate(config, workdir, shards_dir, progress) -> dict:
   if stopped_by:
     print(f"Stopped: {stopped_by}")
   result = {"step": step, "best": best, "last": last_metrics, "stopped_by": stopped_by,
-            "interrupted": bool(stopper.stopped)}
+            "interrupted": bool(stopper.stopped),
+            "peak_device_memory_gib": peak_device_memory_gib()}
   if jax.process_index() == 0:
     io_safety.atomic_write_json(os.path.join(workdir, "train_summary.json"), result, indent=1,
                                 default=float)
   return result
+
+
+def peak_device_memory_gib() -> float | None:
+  """The largest allocation peak of this process's devices (GiB) so far; None where the backend
+  keeps no allocator statistics (CPU). Says what share of a shared accelerator a run needs."""
+  peaks = [(d.memory_stats() or {}).get("peak_bytes_in_use") for d in jax.local_devices()]
+  peaks = [p for p in peaks if p is not None]
+  return max(peaks) / 2**30 if peaks else None
 
 
 def abstract_state(programs: Programs, config):
