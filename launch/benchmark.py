@@ -205,9 +205,11 @@ def bench_step_cost(base_arg: str, workdir: str) -> None:
     ops = sum(1 for line in lowered.as_text().splitlines()
               if "=" in line and "stablehlo." in line)
     start = time.perf_counter()
-    cost = lowered.compile().cost_analysis()
+    compiled = lowered.compile()
     compile_s = time.perf_counter() - start
+    cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    memory = compiled.memory_analysis()
     _record(workdir, {"benchmark": "step_cost", "config": name, "variant": base_arg,
                       "batch_size": batch_size, "dtype": config.model.get("dtype", "float32"),
                       "model_overrides": model_set,
@@ -215,7 +217,16 @@ def bench_step_cost(base_arg: str, workdir: str) -> None:
                       "optim_flatten": bool(config.optim.get("flatten", False)),
                       "stablehlo_ops": ops, "lower_s": lower_s, "compile_s": compile_s,
                       "bytes_accessed_gb": float(cost.get("bytes accessed", float("nan"))) / 1e9,
-                      "gflops": float(cost.get("flops", float("nan"))) / 1e9})
+                      "gflops": float(cost.get("flops", float("nan"))) / 1e9,
+                      # XLA's buffer assignment on this backend: what one step holds at once
+                      # (a GPU's fusion differs, so read it as an estimate there).
+                      "temp_gib": _gib(memory, "temp_size_in_bytes"),
+                      "argument_gib": _gib(memory, "argument_size_in_bytes"),
+                      "output_gib": _gib(memory, "output_size_in_bytes")})
+
+
+def _gib(memory, field: str) -> float:
+  return getattr(memory, field, float("nan")) / 2**30 if memory is not None else float("nan")
 
 
 def _hlo_bytes(lower) -> tuple[float, str]:
@@ -540,7 +551,8 @@ def write_markdown(workdir: str) -> str:
     elif r["benchmark"] == "step_cost":
       what = (f"{r['config']} training step ({r['dtype']}{overrides}), batch {r['batch_size']} "
               "(XLA cost model, compiled only)")
-      figure = f"{r['bytes_accessed_gb']:.1f} GB accessed, {r['gflops']:.0f} GFLOP"
+      figure = (f"{r['bytes_accessed_gb']:.1f} GB accessed, {r['gflops']:.0f} GFLOP, "
+                f"{r.get('temp_gib', float('nan')):.1f} GiB temporaries")
     elif r["benchmark"] == "uconv_kernels":
       what = (f"U-ConvBlock level conv + GLN fwd + bwd, {r['shape']} {r['dtype']}, stride "
               f"{r['stride']}, Pallas tiles {r['tile_rows']} x {r['tile_channels']}, "
