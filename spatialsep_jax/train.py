@@ -531,8 +531,14 @@ def _train_and_evaluate(config, workdir, shards_dir, progress) -> dict:
   result = {"step": step, "best": best, "last": last_metrics, "stopped_by": stopped_by,
             "interrupted": bool(stopper.stopped),
             "peak_device_memory_gib": peak_device_memory_gib()}
+  summary_path = os.path.join(workdir, "train_summary.json")
+  if step == start_step and os.path.exists(summary_path):
+    # A rerun that took no step (already at num_steps) only restored: the training peak is
+    # the earlier process's.
+    with open(summary_path) as f:
+      result["peak_device_memory_gib"] = json.load(f).get("peak_device_memory_gib")
   if jax.process_index() == 0:
-    io_safety.atomic_write_json(os.path.join(workdir, "train_summary.json"), result, indent=1,
+    io_safety.atomic_write_json(summary_path, result, indent=1,
                                 default=float)
   return result
 

@@ -48,6 +48,16 @@ def test_resumed_run_continues_like_an_uninterrupted_one(smoke_dataset, tmp_path
   assert os.listdir(os.path.join(resumed, "checkpoints", "latest"))
   assert os.listdir(os.path.join(resumed, "checkpoints", "best"))
   assert json.load(open(os.path.join(resumed, "config.json")))["name"] == "ild_ipd"
+  # CPU keeps no allocator statistics; a rerun that takes no step keeps the training peak the
+  # earlier process recorded (here a GPU's figure written into its summary).
+  summary_path = os.path.join(resumed, "train_summary.json")
+  summary = json.load(open(summary_path))
+  assert summary["peak_device_memory_gib"] is None
+  json.dump({**summary, "peak_device_memory_gib": 10.75}, open(summary_path, "w"))
+  again = train.train_and_evaluate(_config(smoke_dataset, ild_ipd, train__num_steps=6), resumed,
+                                   progress=False)
+  assert again["step"] == 6 and again["peak_device_memory_gib"] == 10.75
+  assert json.load(open(summary_path))["peak_device_memory_gib"] == 10.75
 
 
 def test_workdir_of_another_config_is_refused(smoke_dataset, tmp_path):
