@@ -305,7 +305,7 @@ def bench_step(base_arg: str, workdir: str) -> None:
       jax.block_until_ready(metrics)
       windows.append((time.perf_counter() - start) / PIPELINED_WINDOW)
     step_s = float(np.median(windows))
-    stats = jax.devices()[0].memory_stats() or {}
+    peak_gib = train.peak_device_memory_gib()
     if FLAGS.profile_dir:
       tag = "_".join(filter(None, [name, model_set.replace(",", "_").replace("=", "-")]))
       with jax.profiler.trace(os.path.join(FLAGS.profile_dir, tag)):
@@ -321,7 +321,7 @@ def bench_step(base_arg: str, workdir: str) -> None:
         "synced_step_ms": 1e3 * synced_step_s,
         "audio_s_per_s": batch_size * config.data.segment_seconds / step_s,
         "compile_and_first_step_s": compile_s,
-        "peak_memory_gib": stats.get("peak_bytes_in_use", float("nan")) / 2**30}
+        "peak_memory_gib": float("nan") if peak_gib is None else peak_gib}
     _progress(f"{name}: step {1e3 * step_s:.1f} ms back to back, {1e3 * synced_step_s:.1f} ms "
               f"when each step is waited for, peak {row['peak_memory_gib']:.2f} GiB")
     if FLAGS.hlo_bytes:
