@@ -535,8 +535,8 @@ def _train_and_evaluate(config, workdir, shards_dir, progress) -> dict:
   if step == start_step and os.path.exists(summary_path):
     # A rerun that took no step (already at num_steps) only restored: the training peak is
     # the earlier process's.
-    with open(summary_path) as f:
-      result["peak_device_memory_gib"] = json.load(f).get("peak_device_memory_gib")
+    earlier = io_safety.read_json(summary_path, "the run's train_summary.json")
+    result["peak_device_memory_gib"] = earlier.get("peak_device_memory_gib")
   if jax.process_index() == 0:
     io_safety.atomic_write_json(summary_path, result, indent=1,
                                 default=float)
