@@ -10,7 +10,7 @@ python -m pip install -q -e '.[test]' || exit 1
 # MBSTOI of pyclarity needs only numpy/scipy/pyyaml; its declared torch stack is not installed.
 python -m pip install -q --no-deps 'pyclarity>=0.9' || exit 1
 # Two workers, whole files per worker (slowest files first, tests/conftest.py): 394 tests in
-# 15.6 min (396 tests, 2026-12-02; 13.7 min the session before, 12.9 for 395) on 2 cores from a cold compilation cache (earlier, 387 tests: worksteal
+# 14.7 min (396 tests, 2026-12-02; 15.6 in the run before it, 13.7 the session before) on 2 cores from a cold compilation cache (earlier, 387 tests: worksteal
 # 14.5 vs loadfile 14.6 min, 3 workers 13.9 but each subprocess test under more load).
 python -m pytest tests -n "${PYTEST_WORKERS:-2}" --dist loadfile "$@"
 status=$?
