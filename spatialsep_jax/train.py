@@ -528,15 +528,17 @@ def _train_and_evaluate(config, workdir, shards_dir, progress) -> dict:
     multihost_utils.sync_global_devices("train_and_evaluate finished")
   if stopped_by:
     print(f"Stopped: {stopped_by}")
+  summary_path = os.path.join(workdir, "train_summary.json")
+  # The run's peak over every process that trained it (a resumed or no-step rerun sees only
+  # its own allocations).
+  peaks = [peak_device_memory_gib()]
+  if os.path.exists(summary_path):
+    earlier = io_safety.read_json(summary_path, "the run's train_summary.json")
+    peaks.append(earlier.get("peak_device_memory_gib"))
+  peaks = [p for p in peaks if p is not None]
   result = {"step": step, "best": best, "last": last_metrics, "stopped_by": stopped_by,
             "interrupted": bool(stopper.stopped),
-            "peak_device_memory_gib": peak_device_memory_gib()}
-  summary_path = os.path.join(workdir, "train_summary.json")
-  if step == start_step and os.path.exists(summary_path):
-    # A rerun that took no step (already at num_steps) only restored: the training peak is
-    # the earlier process's.
-    earlier = io_safety.read_json(summary_path, "the run's train_summary.json")
-    result["peak_device_memory_gib"] = earlier.get("peak_device_memory_gib")
+            "peak_device_memory_gib": max(peaks) if peaks else None}
   if jax.process_index() == 0:
     io_safety.atomic_write_json(summary_path, result, indent=1,
                                 default=float)
